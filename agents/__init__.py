@@ -1,0 +1,1 @@
+"""Multi-task agents, installed as ``mtrl_fair.agents``."""

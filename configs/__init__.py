@@ -1,0 +1,1 @@
+"""Hydra configuration files shipped with mtrl-fair (``pkg://mtrl_fair.configs``)."""

@@ -1,0 +1,1 @@
+"""Meta-World benchmark construction and evaluation, installed as ``mtrl_fair.envs``."""

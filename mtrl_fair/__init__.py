@@ -1,0 +1,3 @@
+"""mtrl-fair: multi-task reinforcement learning with fast, exact gradient combiners."""
+
+__version__ = "0.1.0"
