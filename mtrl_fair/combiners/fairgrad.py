@@ -40,6 +40,8 @@ class FairGrad(GramianCombiner):
     ``φ(w) = ½ wᵀ(G Gᵀ)w − Σᵢ v(wᵢ)`` with ``v'(w) = w^(-1/α)``. The default solver minimises it
     with damped Newton steps (see :func:`fairgrad_weights`): exact to round-off, on the Gram
     matrix's device, with no host synchronisation, so that it can be captured in a CUDA graph.
+    On CUDA the whole solve is one Triton kernel that stops at round-off on the device; on the
+    CPU it runs in NumPy, where it typically converges in 4 to 8 iterations.
 
     Scale convention: the direction is ``Gᵀ w`` with ``w`` the solution of the system as written,
     with no rescaling (as the paper's RL code). The scale of ``w`` follows from the system: scaling
