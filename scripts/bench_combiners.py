@@ -29,6 +29,7 @@ Methods that cannot run (placeholders, missing dependencies) are listed as skipp
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import platform
 import statistics
@@ -256,7 +257,7 @@ def bench_tasks(num_tasks: int, device: torch.device, args: argparse.Namespace) 
             elif not isinstance(combiner, GramianCombiner):
                 result.skipped = "no weights(): not a Gram-matrix combiner"
             else:
-                add(result, lambda c=combiner: c.weights(gram))
+                add(result, functools.partial(combiner.weights, gram))
                 continue
             results.append(result)
         if wanted(TORCHJD_FAIRGRAD, args):

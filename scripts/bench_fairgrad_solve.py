@@ -13,6 +13,7 @@ matrix copied to the CPU, then 20 SGD steps). It also reports each solver's rela
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import statistics
 import time
@@ -82,7 +83,7 @@ def main() -> None:
     for num_tasks, num_params in ((10, 340_000), (50, 360_000)):
         gram = realistic_gram(num_tasks, num_params, device)
         times = {
-            name: time_call(lambda s=solver, g=gram: s(g), device, args.repeats)
+            name: time_call(functools.partial(solver, gram), device, args.repeats)
             for name, solver in solvers.items()
         }
         for name, solver in solvers.items():
