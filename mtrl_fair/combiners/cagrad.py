@@ -9,12 +9,10 @@ from torch import Tensor
 
 from mtrl_fair.combiners.base import GramianCombiner, check_number
 from mtrl_fair.combiners.mgda import (
+    active_set_system,
     drop_vanished,
     iteration_count,
-    normalized_gram,
-    ridged_system,
     solve_on_support,
-    solver_eps,
     step_to_boundary,
 )
 
@@ -78,13 +76,8 @@ class CAGrad(GramianCombiner):
         return {"c": self.c, "max_iters": self.max_iters}
 
     def weights(self, gram: Tensor) -> Tensor:
-        q = normalized_gram(gram)
+        q, diag, ridged, identity, add_tol, index = active_set_system(gram)
         num_tasks = q.shape[0]
-        diag = q.diagonal()
-        eps = solver_eps(gram.dtype, num_tasks)
-        ridged, identity = ridged_system(q, eps)
-        add_tol = eps * diag.max()
-        index = torch.arange(num_tasks, device=q.device)
         one = torch.ones((), dtype=q.dtype, device=q.device)
 
         # b_i = g_iᵀ g₀, so that bᵀw = g_wᵀ g₀; ‖g₀‖² = mean(b).

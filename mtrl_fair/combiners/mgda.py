@@ -7,7 +7,7 @@ helpers (:func:`normalized_gram`, :func:`solve_on_support`, :func:`step_to_bound
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
@@ -72,13 +72,8 @@ class MGDA(GramianCombiner):
         return {"max_iters": self.max_iters}
 
     def weights(self, gram: Tensor) -> Tensor:
-        q = normalized_gram(gram)
+        q, diag, ridged, identity, add_tol, index = active_set_system(gram)
         num_tasks = q.shape[0]
-        diag = q.diagonal()
-        eps = solver_eps(gram.dtype, num_tasks)
-        ridged, identity = ridged_system(q, eps)
-        add_tol = eps * diag.max()
-        index = torch.arange(num_tasks, device=q.device)
         ones = q.new_ones(num_tasks, 1)
         one = ones[0, 0]
 
@@ -100,6 +95,34 @@ class MGDA(GramianCombiner):
             add = (step >= 1.0) & (weights @ grad - lowest > add_tol)
             support = support | (add & (index == worst))
         return weights.to(gram.dtype)
+
+
+class ActiveSetSystem(NamedTuple):
+    """What the active-set solvers (MGDA, CAGrad) start from."""
+
+    q: Tensor
+    """The normalised float64 Gram matrix (see :func:`normalized_gram`)."""
+    diag: Tensor
+    """Its diagonal: the squared task-gradient norms at unit scale."""
+    ridged: Tensor
+    """``q`` with the ridge used to solve on a support (see :func:`ridged_system`)."""
+    identity: Tensor
+    """The K×K identity, on ``q``'s device."""
+    add_tol: Tensor
+    """How far a task must violate optimality before it joins the support."""
+    task_index: Tensor
+    """``arange(K)`` on ``q``'s device."""
+
+
+def active_set_system(gram: Tensor) -> ActiveSetSystem:
+    """Normalise and ridge the Gram matrix once, for an active-set solve on it."""
+    q = normalized_gram(gram)
+    diag = q.diagonal()
+    eps = solver_eps(gram.dtype, q.shape[0])
+    ridged, identity = ridged_system(q, eps)
+    return ActiveSetSystem(
+        q, diag, ridged, identity, eps * diag.max(), torch.arange(q.shape[0], device=q.device)
+    )
 
 
 def iteration_count(max_iters: int | None, num_tasks: int) -> int:
