@@ -6,6 +6,9 @@ random and degenerate Jacobians.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import torch
 from hypothesis import strategies as st
 from torch import Tensor
@@ -98,3 +101,45 @@ def conflicting_jacobian(num_params: int = 6) -> Tensor:
     jacobian[0, 0], jacobian[0, 1] = 10.0, 1.0
     jacobian[1, 0], jacobian[1, 1] = -1.0, 1.0
     return jacobian
+
+
+@contextmanager
+def no_host_sync() -> Iterator[None]:
+    """Inside the block, any host synchronisation on CUDA raises (``set_sync_debug_mode("error")``)."""
+    torch.cuda.synchronize()
+    previous = torch.cuda.get_sync_debug_mode()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        yield
+    finally:
+        torch.cuda.set_sync_debug_mode(previous)
+
+
+def check_weights_sync_free_on_cuda(
+    combiner: GramianCombiner, kind: str, rtol: float, atol: float = 1e-6
+) -> None:
+    """After a warm-up, ``weights`` runs on CUDA without host synchronisation and agrees with the CPU."""
+    jacobian = random_jacobian(6, 40, seed=0, kind=kind).cuda()
+    gram = jacobian @ jacobian.T
+    combiner.weights(gram)  # warm-up: CUDA context, cuSOLVER handles
+    with no_host_sync():
+        weights = combiner.weights(gram)
+    torch.testing.assert_close(weights.cpu(), combiner.weights(gram.cpu()), rtol=rtol, atol=atol)
+
+
+def check_weights_capture_in_cuda_graph(combiner: GramianCombiner, rtol: float, atol: float = 1e-6) -> None:
+    """``weights`` captured in a CUDA graph and replayed on a new Gram matrix agrees with the CPU."""
+    static = random_jacobian(6, 40, seed=1).cuda()
+    static_gram = static @ static.T
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        combiner.weights(static_gram)  # warm-up outside the capture
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        captured = combiner.weights(static_gram)
+    fresh = random_jacobian(6, 40, seed=2).cuda()
+    static_gram.copy_(fresh @ fresh.T)
+    graph.replay()
+    torch.testing.assert_close(captured.cpu(), combiner.weights(static_gram.cpu()), rtol=rtol, atol=atol)

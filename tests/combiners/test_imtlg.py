@@ -8,7 +8,9 @@ from combiner_checks import (
     check_gramian_weights_match_combine,
     check_permutation_equivariance,
     check_shape_and_finite,
+    check_weights_capture_in_cuda_graph,
     check_weights_reproduce_direction,
+    check_weights_sync_free_on_cuda,
     jacobians,
     random_jacobian,
 )
@@ -128,34 +130,10 @@ def test_repr() -> None:
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_weights_do_not_synchronise_on_cuda() -> None:
-    jacobian = random_jacobian(6, 40, seed=0, kind="duplicate_rows").cuda()
-    gram = jacobian @ jacobian.T
-    combiner = IMTLG()
-    combiner.weights(gram)  # warm-up: CUDA context, cuSOLVER handles
-    torch.cuda.synchronize()
-    torch.cuda.set_sync_debug_mode("error")
-    try:
-        weights = combiner.weights(gram)
-    finally:
-        torch.cuda.set_sync_debug_mode("default")
-    torch.testing.assert_close(weights.cpu(), combiner.weights(gram.cpu()), rtol=1e-4, atol=1e-6)
+    check_weights_sync_free_on_cuda(IMTLG(), kind="duplicate_rows", rtol=1e-4)
 
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_weights_capture_in_a_cuda_graph() -> None:
-    combiner = IMTLG()
-    static = random_jacobian(6, 40, seed=1).cuda()
-    static_gram = static @ static.T
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        combiner.weights(static_gram)  # warm-up outside the capture
-    torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        captured = combiner.weights(static_gram)
-    fresh = random_jacobian(6, 40, seed=2).cuda()
-    static_gram.copy_(fresh @ fresh.T)
-    graph.replay()
-    torch.testing.assert_close(captured.cpu(), combiner.weights(static_gram.cpu()), rtol=1e-4, atol=1e-6)
+    check_weights_capture_in_cuda_graph(IMTLG(), rtol=1e-4)

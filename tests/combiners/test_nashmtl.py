@@ -13,6 +13,7 @@ from combiner_checks import (
     check_shape_and_finite,
     check_weights_reproduce_direction,
     jacobians,
+    no_host_sync,
     random_jacobian,
 )
 from hypothesis import given, settings
@@ -157,11 +158,8 @@ def test_gpu_no_host_sync() -> None:
     combiner = NashMTL()
     reference = combiner.combine(jacobian.cpu())
     combiner.combine(jacobian)  # warm-up: lazy CUDA initialisation (and kernel compilation) may sync
-    torch.cuda.set_sync_debug_mode("error")
-    try:
+    with no_host_sync():
         combination = combiner.combine(jacobian)
         weights = combiner.weights(jacobian @ jacobian.T)
-    finally:
-        torch.cuda.set_sync_debug_mode("default")
     assert torch.allclose(combination.weights.cpu(), reference.weights, rtol=1e-4)
     assert torch.allclose(weights.cpu(), reference.weights, rtol=1e-4)
