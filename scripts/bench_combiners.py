@@ -23,7 +23,7 @@ Usage::
     python scripts/bench_combiners.py [--device cpu|cuda] [--json PATH] [--tasks 10 50]
         [--repeats N] [--methods mean fairgrad paper_rl ...] [--what solve backward] [--quick]
 
-Methods that cannot run (placeholders, missing dependencies) are listed as skipped with the reason.
+Methods that cannot run (a missing optional dependency, an error) are listed as skipped with the reason.
 """
 
 from __future__ import annotations
@@ -209,8 +209,8 @@ def measure_all(
 
 
 def reason_of(error: BaseException) -> str:
-    text = str(error).strip().splitlines()[0] if str(error).strip() else "not implemented yet"
-    return f"{type(error).__name__}: {text}"[:100]
+    text = str(error).strip()
+    return f"{type(error).__name__}: {text.splitlines()[0]}"[:100] if text else type(error).__name__
 
 
 def build_combiners(names: list[str]) -> tuple[dict[str, Combiner], dict[str, str]]:
