@@ -1,1 +1,32 @@
-"""Meta-World benchmark construction and evaluation, installed as ``mtrl_fair.envs``."""
+"""Meta-World benchmarks and evaluation, installed as ``mtrl_fair.envs``.
+
+- :func:`make_vector_env` builds MT10/MT50 (or a subset of their tasks) as one gymnasium vector env,
+  one sub-env per task, each observation followed by the one-hot task id.
+- :func:`final_observations` recovers the real last observation of episodes that the vector env
+  reset within the step (what a replay buffer stores as next observation).
+- :func:`evaluate` runs Meta-World's evaluation protocol on any policy with stable-baselines3's
+  ``predict`` and returns an :class:`EvalResult`.
+
+Envs know nothing of agents: this package imports gymnasium and metaworld, never torch.
+"""
+
+from .benchmarks import (
+    BENCHMARKS,
+    benchmark_tasks,
+    final_observations,
+    make_vector_env,
+    resolve_tasks,
+    vector_env_task_names,
+)
+from .evaluation import EvalResult, evaluate
+
+__all__ = [
+    "BENCHMARKS",
+    "EvalResult",
+    "benchmark_tasks",
+    "evaluate",
+    "final_observations",
+    "make_vector_env",
+    "resolve_tasks",
+    "vector_env_task_names",
+]
