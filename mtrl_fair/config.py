@@ -1,0 +1,107 @@
+"""The schemas of the Hydra configs in ``configs/``, and their validation.
+
+The YAML files in ``configs/`` are merged into these dataclasses, so a misspelt key or a value of the
+wrong type is rejected by Hydra while composing, before anything starts. :func:`validate_train_config`
+then checks the ranges and names (benchmark, tasks, combiner and its hyperparameters, device) and
+raises one :class:`ConfigError` line naming what is wrong and what is allowed.
+
+The groups are shallow on purpose: ``benchmark/`` (``mt10``, ``mt50``), ``agent/`` (``mtsac``,
+``mtsac_paper``) and ``combiner/`` (one file per registry name). A combiner is found in the registry
+by its ``name`` key; its other keys are its hyperparameters, passed to
+:func:`mtrl_fair.combiners.make` as they are.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+
+from mtrl_fair.agents.mtsac import MTSACConfig
+
+__all__ = ["BenchmarkConfig", "ConfigError", "TrainConfig", "register_schemas", "validate_train_config"]
+
+
+class ConfigError(ValueError):
+    """A config value is out of range or unknown; the message names the allowed values."""
+
+
+@dataclass
+class BenchmarkConfig:
+    name: str = "MT10"
+    """``MT10`` or ``MT50``."""
+    tasks: list[str] | None = None
+    """A subset of the benchmark's tasks, e.g. ``[reach-v3, drawer-close-v3]``; null: all."""
+    vector_strategy: str = "sync"
+    """``sync`` (one process) or ``async`` (one process per task)."""
+    max_episode_steps: int = 500
+
+
+@dataclass
+class TrainConfig:
+    benchmark: BenchmarkConfig = field(default_factory=BenchmarkConfig)
+    agent: MTSACConfig = field(default_factory=MTSACConfig)
+    combiner: dict[str, Any] = field(default_factory=lambda: {"name": "fairgrad"})
+    """``name`` (a registry name) plus the combiner's hyperparameters."""
+    seed: int = 0
+    steps: int = 2_000_000
+    """Training iterations; each steps every task's env once and makes one update."""
+    device: str = "auto"
+    log_every: int = 1_000
+    """Iterations between logged points (also the period of the gradient diagnostics)."""
+    checkpoint_every: int = 50_000
+    keep_checkpoints: int = 2
+    eval_every: int = 100_000
+    """Iterations between evaluations during training (0: only at the end)."""
+    eval_episodes: int = 10
+    """Episodes per task in the evaluations during training."""
+    final_eval_episodes: int = 50
+    """Episodes per task in the evaluation at the end (Meta-World's protocol: 50)."""
+    resume: bool = False
+    progress: bool = True
+
+
+def register_schemas() -> None:
+    """Make ``train_schema`` available to the ``defaults`` list of ``configs/train.yaml``."""
+    ConfigStore.instance().store(name="train_schema", node=TrainConfig)
+
+
+def validate_train_config(cfg: TrainConfig) -> list[str]:
+    """Check every value before any environment starts; return the resolved task names."""
+    from mtrl_fair.agents.mtsac import resolve_device
+    from mtrl_fair.combiners import make
+    from mtrl_fair.envs import resolve_tasks
+
+    try:
+        tasks = resolve_tasks(cfg.benchmark.name, cfg.benchmark.tasks)
+        if cfg.benchmark.vector_strategy not in ("sync", "async"):
+            raise ValueError(
+                f"benchmark.vector_strategy must be sync or async, got {cfg.benchmark.vector_strategy!r}"
+            )
+        if not 1 <= cfg.benchmark.max_episode_steps <= 500:
+            raise ValueError(
+                f"benchmark.max_episode_steps must be in [1, 500] (Meta-World's limit), got {cfg.benchmark.max_episode_steps}"
+            )
+        cfg.agent.validate()
+        combiner = dict(cfg.combiner)
+        if "name" not in combiner:
+            raise ValueError("the combiner config needs a 'name' key, e.g. combiner=fairgrad")
+        make(str(combiner.pop("name")), **combiner)
+        if cfg.steps < 1:
+            raise ValueError(f"steps must be >= 1, got {cfg.steps}")
+        for key in (
+            "log_every",
+            "checkpoint_every",
+            "keep_checkpoints",
+            "eval_episodes",
+            "final_eval_episodes",
+        ):
+            if getattr(cfg, key) < 1:
+                raise ValueError(f"{key} must be >= 1, got {getattr(cfg, key)}")
+        if cfg.eval_every < 0:
+            raise ValueError(f"eval_every must be >= 0 (0: evaluate only at the end), got {cfg.eval_every}")
+        resolve_device(cfg.device)
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
+    return tasks
