@@ -17,7 +17,6 @@ import io
 import os
 import pickle
 import tempfile
-import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -87,14 +86,18 @@ def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.devi
     data = verify_checkpoint(path)
     try:
         state = torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as error:
+    except pickle.UnpicklingError:
         # weights_only refuses anything but tensors and plain containers: a pickle that would build
-        # other objects (and possibly run code) ends here.
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        # other objects (and possibly run code) ends here. torch's own message advises retrying with
+        # weights_only=False, which is exactly what must not be done with an untrusted file.
         raise CheckpointError(
-            f"checkpoint {path} holds objects other than tensors and plain values; refusing to load it ({first_line})"
+            f"checkpoint {path} is not a valid mtrl-fair checkpoint (damaged, or holding objects other than "
+            "tensors and plain values); refusing to load it"
         ) from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as error:
+    except Exception as error:
+        # A damaged archive fails in many ways inside torch.load: RuntimeError, EOFError,
+        # zipfile.BadZipFile, but also ValueError ("negative seek value" for a truncated file),
+        # UnicodeDecodeError, IndexError or TypeError for damaged records. All mean the same here.
         raise CheckpointError(f"checkpoint {path} is truncated or corrupt ({type(error).__name__})") from None
     if not isinstance(state, dict) or "format" not in state:
         raise CheckpointError(f"{path} is not an mtrl-fair checkpoint")

@@ -93,6 +93,11 @@ class TorchJDAggregator(Combiner):
             cls = _TorchJDGramianAggregator
         return super().__new__(cls)
 
+    def __getnewargs__(self) -> tuple[str]:
+        # copy.deepcopy and pickle call cls.__new__(cls, *these): without them __new__ misses its
+        # required argument (MTSAC deep-copies its combiner once per loss).
+        return (self.aggregator_name,)
+
     def __init__(self, aggregator_name: str, **hparams: Any) -> None:
         available = available_aggregators()
         if aggregator_name not in available:
