@@ -292,7 +292,7 @@ class MTSAC:
         self.num_timesteps = 0
         self.updates = 0
         self.diagnostics_every = 0
-        """Compute gradient norms and cosines every this many updates (0: never)."""
+        """Compute gradient norms and cosines at iterations that are multiples of this (0: never)."""
         self._last_obs: np.ndarray | None = None
         self._uniform = torch.full((self.num_tasks,), 1.0 / self.num_tasks, device=self.device)
 
@@ -521,7 +521,7 @@ class MTSAC:
                 stats = None
                 if self.iteration > cfg.warmup_steps:
                     batch = self.replay_buffer.sample(cfg.batch_size_per_task)
-                    due = self.diagnostics_every > 0 and self.updates % self.diagnostics_every == 0
+                    due = self.diagnostics_every > 0 and self.iteration % self.diagnostics_every == 0
                     stats = self.update(batch, diagnostics=due)
                 if progress is not None:
                     progress.advance()

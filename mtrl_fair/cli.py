@@ -10,6 +10,7 @@ scores a trained agent with Meta-World's protocol and writes the per-task table 
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -64,6 +65,10 @@ def _train(overrides: list[str]) -> int:
     from mtrl_fair.config import ConfigError, TrainConfig, register_schemas
 
     register_schemas()
+    problem = _precheck(overrides)
+    if problem is not None:
+        _error(problem)
+        return 2
     exit_code = 0
 
     @hydra.main(version_base="1.3", config_path="pkg://mtrl_fair.configs", config_name="train")
@@ -93,6 +98,53 @@ def _train(overrides: list[str]) -> int:
     sys.argv = ["mtrl-fair train", *overrides]
     train_app()
     return exit_code
+
+
+def _precheck(overrides: list[str]) -> str | None:
+    """Compose the config once before Hydra runs, to turn a bad override into one clear line.
+
+    Hydra's own reports span several lines and list its search path. Sweeps (``-m``) are left to
+    Hydra, since ``a=1,2`` is not a value on its own.
+    """
+    if any(arg in ("-m", "--multirun") or arg.startswith("--") for arg in overrides):
+        return None
+    from hydra import compose, initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.errors import HydraException
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    from mtrl_fair.config import validate_train_config
+
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_module(config_module="mtrl_fair.configs", version_base="1.3"):
+            cfg = compose("train", overrides=[o for o in overrides if not o.startswith("hydra.")])
+        # Ranges and names too, so that Hydra does not even create the run directory.
+        validate_train_config(OmegaConf.to_object(cfg))  # type: ignore[arg-type]
+    except (HydraException, OmegaConfBaseException, ValueError) as error:
+        messages = [str(error)]
+        cause = error.__cause__
+        while cause is not None:
+            messages.append(str(cause))
+            cause = cause.__cause__
+        return _one_line("\n".join(messages))
+    finally:
+        GlobalHydra.instance().clear()
+    return None
+
+
+def _one_line(message: str) -> str:
+    """Hydra's multi-line composition errors, reduced to what is wrong and what is allowed."""
+    missing = re.search(r"Could not find '([\w-]+)/([^']*)'", message)
+    if missing:
+        group, option = missing.groups()
+        allowed = re.findall(r"^\t(\S+)$", message, flags=re.MULTILINE)
+        return f"unknown {group} {option!r}; allowed: {', '.join(allowed)}"
+    lines = [line.strip() for line in message.splitlines() if line.strip()]
+    skip = ("full_key", "object_type", "reference_type", "Config search path", "provider=", "To append")
+    keep = [line.rstrip(".") for line in lines if not line.startswith(skip)]
+    return "; ".join(dict.fromkeys(keep))
 
 
 def _remove_hydra_files(run_dir: Path) -> None:

@@ -87,7 +87,11 @@ def validate_train_config(cfg: TrainConfig) -> list[str]:
         combiner = dict(cfg.combiner)
         if "name" not in combiner:
             raise ValueError("the combiner config needs a 'name' key, e.g. combiner=fairgrad")
-        make(str(combiner.pop("name")), **combiner)
+        name = str(combiner.pop("name"))
+        try:
+            make(name, **combiner)
+        except ValueError as error:
+            raise ValueError(f"combiner {name}: {error}") from None
         if cfg.steps < 1:
             raise ValueError(f"steps must be >= 1, got {cfg.steps}")
         for key in (
