@@ -332,8 +332,7 @@ def run_training(cfg: TrainConfig, run_dir: str | Path, *, echo: Any = print) ->
     run_dir = Path(run_dir)
     # 1. Validate everything first: a bad value must not leave a half-made run behind.
     task_names = validate_train_config(cfg)
-    resolved = OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True)
-    assert isinstance(resolved, dict)
+    resolved: dict[str, Any] = OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True)  # type: ignore[assignment]
     saved = None
     if cfg.resume:
         saved = latest_checkpoint(run_dir)

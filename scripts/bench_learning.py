@@ -5,7 +5,7 @@ then scores a uniformly random policy with the same protocol as the reference, a
 record and a Markdown table of per-task success rates (Meta-World's protocol: ``--eval-episodes``
 episodes per task, success if ``info["success"]`` is ever 1).
 
-    python scripts/bench_learning.py --steps 60000 --device cpu --out docs/results/learning
+    python scripts/bench_learning.py --steps 40000 --device cuda --out docs/results/learning
 
 Each run directory (``<out>/runs/<combiner>_s<seed>``) keeps its metrics.jsonl, TensorBoard events
 and checkpoints, so an interrupted benchmark can be re-run with ``--resume``.
@@ -45,7 +45,7 @@ def main() -> None:
     parser.add_argument("--tasks", nargs="+", default=EASY_TASKS)
     parser.add_argument("--combiners", nargs="+", default=["mean", "fairgrad"])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0])
-    parser.add_argument("--steps", type=int, default=60_000, help="training iterations per run")
+    parser.add_argument("--steps", type=int, default=40_000, help="training iterations per run")
     parser.add_argument("--eval-every", type=int, default=10_000)
     parser.add_argument("--eval-episodes", type=int, default=50, help="episodes per task in the final evaluation")
     parser.add_argument("--device", default="cpu")
