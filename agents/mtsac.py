@@ -37,9 +37,10 @@ from mtrl_fair.agents.sac_losses import (
     temperature_losses,
 )
 from mtrl_fair.combiners import Combiner, make
+from mtrl_fair.combiners.base import uses_after_step
 from mtrl_fair.combiners.mean import Mean
 from mtrl_fair.combiners.torchjd_adapter import TORCHJD_PREFIX, TorchJDAggregator
-from mtrl_fair.jacobian import CombinedGradient, per_task_gradients, write_combined_grad
+from mtrl_fair.jacobian import CombinedGradient, backward_per_task_func, write_combined_grad
 
 __all__ = ["LOSS_GROUPS", "MTSAC", "MTSACConfig", "StepResult", "UpdateStats", "resolve_device"]
 
@@ -172,10 +173,6 @@ def combiner_spec(combiner: Combiner) -> tuple[str, dict[str, Any]]:
         hparams = dict(combiner.hparams())
         return TORCHJD_PREFIX + str(hparams.pop("aggregator_name")), hparams
     return combiner.name, dict(combiner.hparams())
-
-
-def _has_after_step(combiner: Combiner) -> bool:
-    return type(combiner).after_step is not Combiner.after_step
 
 
 class MTSAC:
@@ -373,7 +370,7 @@ class MTSAC:
         self.critic_optimizer.zero_grad(set_to_none=False)
         critic = self._backward("critic", critic_loss_fn, critic_params, critic_batch, diagnostics)
         self.critic_optimizer.step()
-        if self._is_combined("critic") and _has_after_step(self.combiners["critic"]):
+        if self._is_combined("critic") and uses_after_step(self.combiners["critic"]):
             with torch.no_grad():  # FAMO-style methods learn from the loss change on the same batch.
                 self.combiners["critic"].after_step(critic_losses(self.critic, critic_params, *critic_batch))
 
@@ -390,7 +387,7 @@ class MTSAC:
             "actor", actor_loss_fn, actor_params, actor_batch, diagnostics
         )
         self.actor_optimizer.step()
-        if self._is_combined("actor") and _has_after_step(self.combiners["actor"]):
+        if self._is_combined("actor") and uses_after_step(self.combiners["actor"]):
             with torch.no_grad():
                 self.combiners["actor"].after_step(actor_loss_fn(actor_params, actor_batch)[0])
 
@@ -407,7 +404,7 @@ class MTSAC:
         else:
             self.log_alpha.grad = task_grads.mean().reshape(1)
         self.temperature_optimizer.step()
-        if self._is_combined("temperature") and _has_after_step(self.combiners["temperature"]):
+        if self._is_combined("temperature") and uses_after_step(self.combiners["temperature"]):
             self.combiners["temperature"].after_step(
                 temperature_losses(self.log_alpha.detach(), mean_log_prob, self.target_entropy)
             )
@@ -452,23 +449,16 @@ class MTSAC:
         """Write ``.grad`` of ``params`` from per-task losses; return the result and the aux output."""
         if self._is_combined(group) or diagnostics:
             combiner = self.combiners[group] if self._is_combined(group) else Mean()
-            losses, grads, aux = per_task_gradients(
+            return backward_per_task_func(
                 loss_fn,
                 params,
                 task_batch,
+                combiner,
+                diagnostics=diagnostics,
                 chunk_size=self.config.chunk_size,
                 randomness="error",
                 has_aux=True,
             )
-            names = list(params)
-            result = write_combined_grad(
-                combiner,
-                [params[n] for n in names],
-                [grads[n] for n in names],
-                losses=losses,
-                diagnostics=diagnostics,
-            )
-            return result, aux
         # Plain path: the K task losses from one batched forward, one backward of their mean.
         losses, aux = loss_fn(params, task_batch)
         losses.mean().backward()

@@ -408,6 +408,7 @@ def backward_per_task(
     )
 
 
+@overload
 def backward_per_task_func(
     loss_fn: Callable[[dict[str, Tensor], Any], Tensor],
     params: Mapping[str, Tensor],
@@ -418,15 +419,46 @@ def backward_per_task_func(
     diagnostics: bool = False,
     chunk_size: int | None = None,
     randomness: Randomness = "different",
-) -> CombinedGradient:
+    has_aux: Literal[False] = False,
+) -> CombinedGradient: ...
+
+
+@overload
+def backward_per_task_func(
+    loss_fn: Callable[[dict[str, Tensor], Any], tuple[Tensor, Any]],
+    params: Mapping[str, Tensor],
+    task_batch: Any,
+    combiner: Combiner,
+    *,
+    shared_names: Collection[str] | None = None,
+    diagnostics: bool = False,
+    chunk_size: int | None = None,
+    randomness: Randomness = "different",
+    has_aux: Literal[True],
+) -> tuple[CombinedGradient, Any]: ...
+
+
+def backward_per_task_func(
+    loss_fn: Callable[[dict[str, Tensor], Any], Any],
+    params: Mapping[str, Tensor],
+    task_batch: Any,
+    combiner: Combiner,
+    *,
+    shared_names: Collection[str] | None = None,
+    diagnostics: bool = False,
+    chunk_size: int | None = None,
+    randomness: Randomness = "different",
+    has_aux: bool = False,
+) -> CombinedGradient | tuple[CombinedGradient, Any]:
     """The combined counterpart of ``losses.mean().backward()`` on the functional (vmap) path.
 
     Computes the per-task losses and gradients with :func:`per_task_gradients`, then writes the
     ``.grad`` of every tensor of ``params`` with :func:`write_combined_grad`.
 
     Args:
-        loss_fn, params, task_batch, chunk_size, randomness: as in :func:`per_task_gradients`.
-            ``params`` must hold the actual parameters (their ``.grad`` is written).
+        loss_fn, params, task_batch, chunk_size, randomness, has_aux: as in
+            :func:`per_task_gradients`. ``params`` must hold the actual parameters (their ``.grad``
+            is written). With ``has_aux`` the result is ``(combined, aux)``.
         combiner: the gradient combiner for the shared parameters.
         shared_names: the names in ``params`` shared by all tasks, combined by ``combiner``; every
             other name is task-specific and gets the sum of its per-task gradients. ``None``
@@ -438,12 +470,18 @@ def backward_per_task_func(
     unknown = shared_set - set(names)
     if unknown:
         raise ValueError(f"shared_names {sorted(unknown)} are not in params ({names})")
-    losses, grads = per_task_gradients(
-        loss_fn, params, task_batch, chunk_size=chunk_size, randomness=randomness
-    )
+    aux = None
+    if has_aux:
+        losses, grads, aux = per_task_gradients(
+            loss_fn, params, task_batch, chunk_size=chunk_size, randomness=randomness, has_aux=True
+        )
+    else:
+        losses, grads = per_task_gradients(
+            loss_fn, params, task_batch, chunk_size=chunk_size, randomness=randomness
+        )
     shared = [name for name in names if name in shared_set]
     task = [name for name in names if name not in shared_set]
-    return write_combined_grad(
+    combined = write_combined_grad(
         combiner,
         [params[name] for name in shared],
         [grads[name] for name in shared],
@@ -452,3 +490,4 @@ def backward_per_task_func(
         task_grads=[grads[name] for name in task],
         diagnostics=diagnostics,
     )
+    return (combined, aux) if has_aux else combined

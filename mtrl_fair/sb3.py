@@ -42,9 +42,10 @@ from torch.func import functional_call, vmap
 
 from mtrl_fair.agents.networks import squashed_gaussian
 from mtrl_fair.combiners import Combiner, make
+from mtrl_fair.combiners.base import uses_after_step
 from mtrl_fair.combiners.mean import Mean
 from mtrl_fair.envs import final_observations, make_vector_env, resolve_tasks
-from mtrl_fair.jacobian import CombinedGradient, per_task_gradients, write_combined_grad
+from mtrl_fair.jacobian import CombinedGradient, backward_per_task_func
 
 __all__ = [
     "CombinerSet",
@@ -262,16 +263,9 @@ def _backward_with_aux(
         losses.mean().backward()
         num_tasks = losses.shape[0]
         return CombinedGradient(losses.detach(), losses.new_full((num_tasks,), 1.0 / num_tasks)), aux
-    losses, grads, aux = per_task_gradients(loss_fn, params, task_batch, randomness="error", has_aux=True)
-    names = list(params)
-    result = write_combined_grad(
-        combiner,
-        [params[n] for n in names],
-        [grads[n] for n in names],
-        losses=losses,
-        diagnostics=diagnostics,
+    return backward_per_task_func(
+        loss_fn, params, task_batch, combiner, diagnostics=diagnostics, randomness="error", has_aux=True
     )
-    return result, aux
 
 
 def _after_step(
@@ -281,7 +275,7 @@ def _after_step(
     task_batch: Any,
 ) -> None:
     """Stateful combiners (FAMO) learn from the task losses re-evaluated on the same batch after the step."""
-    if type(combiner).after_step is Combiner.after_step:
+    if not uses_after_step(combiner):
         return
     with torch.no_grad():
         combiner.after_step(vmap(loss_fn, in_dims=(None, 0), randomness="error")(dict(params), task_batch))
@@ -308,12 +302,31 @@ class CombinerSet:
         return repr(next(iter(self.combiners.values())))
 
 
+def _combiner_settings(
+    combiner: str, combiner_kwargs: dict[str, Any] | None, combine: Sequence[str], groups: Sequence[str]
+) -> tuple[str, dict[str, Any], list[str]]:
+    """Check the combiner arguments of a multi-task SB3 agent now, with one clear error."""
+    if not isinstance(combiner, str):
+        raise ValueError(
+            "combiner must be a registry name (so that save/load can rebuild it), e.g. 'fairgrad'"
+        )
+    unknown = [name for name in combine if name not in groups]
+    if unknown:
+        raise ValueError(f"combine lists unknown losses {unknown}; allowed: {', '.join(groups)}")
+    make(combiner, **(combiner_kwargs or {}))
+    return combiner, dict(combiner_kwargs or {}), list(combine)
+
+
+def _task_names(env: Any, num_tasks: int) -> list[str]:
+    return list(getattr(env, "task_names", [f"task-{k}" for k in range(num_tasks)]))
+
+
 def _record_per_task(logger: Any, prefix: str, values: Tensor, task_names: Sequence[str]) -> None:
     for name, value in zip(task_names, values.detach().float().cpu().tolist(), strict=True):
         logger.record(f"{prefix}/{name}", value)
 
 
-def _check_one_hot(observations: Tensor, num_tasks: int) -> None:
+def _check_one_hot(observations: Tensor, num_tasks: int) -> bool:
     """Column k of the buffer must be task k: its observations end with the one-hot id ``e_k``."""
     one_hot = observations[..., -num_tasks:]
     expected = torch.eye(num_tasks, device=one_hot.device)[:, None, :].expand_as(one_hot)
@@ -322,6 +335,7 @@ def _check_one_hot(observations: Tensor, num_tasks: int) -> None:
             "the observations of sub-env k must end with the one-hot id of task k (as make_vec_env builds "
             "them); this env's do not, so per-task losses cannot be formed"
         )
+    return True
 
 
 class _ActorDistribution(nn.Module):
@@ -371,31 +385,21 @@ class MultiTaskSAC(SAC):
         per_task_temperature: bool = False,
         **kwargs: Any,
     ) -> None:
-        if not isinstance(combiner, str):
-            raise ValueError(
-                "combiner must be a registry name (so that save/load can rebuild it), e.g. 'fairgrad'"
-            )
-        unknown = [name for name in combine if name not in self.LOSS_GROUPS]
-        if unknown:
-            raise ValueError(
-                f"combine lists unknown losses {unknown}; allowed: {', '.join(self.LOSS_GROUPS)}"
-            )
         if kwargs.get("use_sde"):
             raise ValueError("MultiTaskSAC does not support gSDE (use_sde=True)")
-        make(combiner, **(combiner_kwargs or {}))  # validate now, with a clear error
-        self.combiner_name = combiner
-        self.combiner_kwargs = dict(combiner_kwargs or {})
-        self.combine = list(combine)
+        self.combiner_name, self.combiner_kwargs, self.combine = _combiner_settings(
+            combiner, combiner_kwargs, combine, self.LOSS_GROUPS
+        )
         self.per_task_temperature = per_task_temperature
         super().__init__(policy, env, **kwargs)
 
     def _setup_model(self) -> None:
         super()._setup_model()
         self.num_tasks = self.n_envs
-        self.task_names = list(getattr(self.env, "task_names", [f"task-{k}" for k in range(self.num_tasks)]))
+        self.task_names = _task_names(self.env, self.num_tasks)
         self.combiners = CombinerSet(self.combiner_name, self.combiner_kwargs, self.LOSS_GROUPS)
-        self._actor_distribution = _ActorDistribution(self.actor)
         self._checked_one_hot = False
+        self._actor_distribution = _ActorDistribution(self.actor)
         if self.per_task_temperature:
             if self.ent_coef_optimizer is None:
                 raise ValueError("per_task_temperature needs a learned entropy coefficient (ent_coef='auto')")
@@ -432,8 +436,7 @@ class MultiTaskSAC(SAC):
         for gradient_step in range(gradient_steps):
             batch = sample_per_task(self.replay_buffer, batch_per_task, self.num_tasks)  # type: ignore[arg-type]
             if not self._checked_one_hot:
-                _check_one_hot(batch.observations, self.num_tasks)
-                self._checked_one_hot = True
+                self._checked_one_hot = _check_one_hot(batch.observations, self.num_tasks)
             records.append(self._update(batch))
             if gradient_step % self.target_update_interval == 0:
                 polyak_update(self.critic.parameters(), self.critic_target.parameters(), self.tau)
@@ -545,22 +548,17 @@ class MultiTaskTD3(TD3):
         combine: Sequence[str] = ("critic", "actor"),
         **kwargs: Any,
     ) -> None:
-        unknown = [name for name in combine if name not in self.LOSS_GROUPS]
-        if unknown:
-            raise ValueError(
-                f"combine lists unknown losses {unknown}; allowed: {', '.join(self.LOSS_GROUPS)}"
-            )
-        make(combiner, **(combiner_kwargs or {}))
-        self.combiner_name = combiner
-        self.combiner_kwargs = dict(combiner_kwargs or {})
-        self.combine = list(combine)
+        self.combiner_name, self.combiner_kwargs, self.combine = _combiner_settings(
+            combiner, combiner_kwargs, combine, self.LOSS_GROUPS
+        )
         super().__init__(policy, env, **kwargs)
 
     def _setup_model(self) -> None:
         super()._setup_model()
         self.num_tasks = self.n_envs
-        self.task_names = list(getattr(self.env, "task_names", [f"task-{k}" for k in range(self.num_tasks)]))
+        self.task_names = _task_names(self.env, self.num_tasks)
         self.combiners = CombinerSet(self.combiner_name, self.combiner_kwargs, self.LOSS_GROUPS)
+        self._checked_one_hot = False
 
     def _excluded_save_params(self) -> list[str]:
         return [*super()._excluded_save_params(), "combiners"]
@@ -580,6 +578,8 @@ class MultiTaskTD3(TD3):
         for _ in range(gradient_steps):
             self._n_updates += 1
             batch = sample_per_task(self.replay_buffer, batch_per_task, self.num_tasks)  # type: ignore[arg-type]
+            if not self._checked_one_hot:
+                self._checked_one_hot = _check_one_hot(batch.observations, self.num_tasks)
             with torch.no_grad():
                 noise = (torch.randn_like(batch.actions) * self.target_policy_noise).clamp(
                     -self.target_noise_clip, self.target_noise_clip

@@ -90,6 +90,11 @@ class GramianCombiner(Combiner):
         return Combination(weights @ jacobian, weights)
 
 
+def uses_after_step(combiner: Combiner) -> bool:
+    """Whether ``combiner`` learns from :meth:`Combiner.after_step` (so the caller must call it)."""
+    return type(combiner).after_step is not Combiner.after_step
+
+
 def check_jacobian(jacobian: Tensor) -> None:
     """Raise a clear error unless ``jacobian`` is a non-empty ``(K, P)`` floating-point matrix."""
     if jacobian.ndim != 2 or jacobian.shape[0] == 0:
