@@ -79,7 +79,11 @@ def check_permutation_equivariance(combiner: Combiner, jacobian: Tensor, rtol: f
     permutation = torch.randperm(jacobian.shape[0], generator=torch.Generator().manual_seed(0))
     base = combiner.combine(jacobian.double())
     permuted = combiner.combine(jacobian.double()[permutation])
-    scale = base.direction.norm() + 1e-12 * jacobian.double().norm() + 1e-300
+    # Round-off in weights @ J grows with the size of the summed terms, |w|·|J|: when large weights
+    # cancel to a tiny direction (e.g. Nash-MTL's ridge-bounded weights on opposite, collinear
+    # gradients) only that part of the direction is reproducible from one task order to another.
+    terms = jacobian.double().norm() * (1.0 + base.weights.double().abs().sum())
+    scale = base.direction.norm() + 1e-12 * terms + 1e-300
     assert (permuted.direction - base.direction).norm() <= rtol * scale
     assert torch.allclose(
         permuted.weights, base.weights[permutation], rtol=rtol, atol=rtol * base.weights.abs().max()
