@@ -7,7 +7,15 @@
 
 from mtrl_fair.agents.buffer import MultiTaskReplayBuffer, TaskBatch
 from mtrl_fair.agents.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from mtrl_fair.agents.mtsac import LOSS_GROUPS, MTSAC, MTSACConfig, StepResult, UpdateStats, resolve_device
+from mtrl_fair.agents.mtsac import (
+    LOSS_GROUPS,
+    MTSAC,
+    MTSACConfig,
+    NonFiniteUpdateError,
+    StepResult,
+    UpdateStats,
+    resolve_device,
+)
 
 __all__ = [
     "LOSS_GROUPS",
@@ -15,6 +23,7 @@ __all__ = [
     "CheckpointError",
     "MTSACConfig",
     "MultiTaskReplayBuffer",
+    "NonFiniteUpdateError",
     "StepResult",
     "TaskBatch",
     "UpdateStats",

@@ -42,9 +42,19 @@ from mtrl_fair.combiners.mean import Mean
 from mtrl_fair.combiners.torchjd_adapter import TORCHJD_PREFIX, TorchJDAggregator
 from mtrl_fair.jacobian import CombinedGradient, backward_per_task_func, write_combined_grad
 
-__all__ = ["LOSS_GROUPS", "MTSAC", "MTSACConfig", "StepResult", "UpdateStats", "resolve_device"]
+__all__ = [
+    "LOSS_GROUPS",
+    "MTSAC",
+    "MTSACConfig",
+    "NonFiniteUpdateError",
+    "StepResult",
+    "UpdateStats",
+    "resolve_device",
+]
 
 LOSS_GROUPS = ("critic", "actor", "temperature")
+_NUMERICS_CHECK_EVERY = 100
+"""Iterations between the host-side checks of skipped updates (each check reads from the device)."""
 CHECKPOINT_FORMAT = "mtrl-fair/mtsac"
 CHECKPOINT_VERSION = 1
 
@@ -75,6 +85,8 @@ class MTSACConfig:
     """Feed the one-hot task id to the networks. ``False`` drops it (the FairGrad paper's RL code)."""
     chunk_size: int | None = None
     """Compute per-task gradients this many tasks at a time (bounds memory for MT50); None: all."""
+    max_consecutive_skips: int = 100
+    """Stop training after this many updates in a row had a non-finite loss or gradient."""
 
     def validate(self) -> None:
         """Raise a one-line :class:`ValueError` for any value outside its allowed range."""
@@ -109,6 +121,8 @@ class MTSACConfig:
                 "agent.combine includes 'temperature' but each task has its own temperature, so there is "
                 "nothing shared to combine; set agent.shared_temperature=true or drop 'temperature'"
             )
+        if self.max_consecutive_skips < 1:
+            raise ValueError(f"agent.max_consecutive_skips must be >= 1, got {self.max_consecutive_skips}")
         if self.chunk_size is not None and self.chunk_size < 1:
             raise ValueError(f"agent.chunk_size must be >= 1 or null, got {self.chunk_size}")
 
@@ -132,6 +146,8 @@ class UpdateStats(NamedTuple):
     """Mean pairwise cosine between the task gradients of the critic (diagnostic updates only)."""
     actor_grad_norms: Tensor | None = None
     actor_cosine: Tensor | None = None
+    finite: Tensor | None = None
+    """0-d bool: False when a non-finite loss or gradient made the update skip its optimiser steps."""
 
 
 class StepResult(NamedTuple):
@@ -263,9 +279,15 @@ class MTSAC:
             if self.config.target_entropy is None
             else float(self.config.target_entropy)
         )
-        self.actor_optimizer = torch.optim.Adam(self.actor.parameters(), lr=self.config.actor_lr)
-        self.critic_optimizer = torch.optim.Adam(self.critic.parameters(), lr=self.config.critic_lr)
-        self.temperature_optimizer = torch.optim.Adam([self.log_alpha], lr=self.config.temperature_lr)
+        # Fused Adam skips a step on the device when its found_inf flag is set (the mechanism AMP's
+        # GradScaler uses): a non-finite update is dropped without reading anything back to the host.
+        self.actor_optimizer = torch.optim.Adam(self.actor.parameters(), lr=self.config.actor_lr, fused=True)
+        self.critic_optimizer = torch.optim.Adam(
+            self.critic.parameters(), lr=self.config.critic_lr, fused=True
+        )
+        self.temperature_optimizer = torch.optim.Adam(
+            [self.log_alpha], lr=self.config.temperature_lr, fused=True
+        )
 
         if isinstance(combiner, str):
             base = make(combiner, **(combiner_kwargs or {}))
@@ -292,6 +314,13 @@ class MTSAC:
         """Compute gradient norms and cosines at iterations that are multiples of this (0: never)."""
         self._last_obs: np.ndarray | None = None
         self._uniform = torch.full((self.num_tasks,), 1.0 / self.num_tasks, device=self.device)
+        # Numerical safety, kept on the device: updates skipped in all, the current and the longest
+        # run of consecutive skips, and the tasks and iteration of the last skip.
+        self._skipped = torch.zeros((), dtype=torch.int64, device=self.device)
+        self._consecutive_skips = torch.zeros((), dtype=torch.int64, device=self.device)
+        self._longest_skip_run = torch.zeros((), dtype=torch.int64, device=self.device)
+        self._bad_tasks = torch.zeros(self.num_tasks, dtype=torch.bool, device=self.device)
+        self._bad_iteration = torch.zeros((), dtype=torch.int64, device=self.device)
 
     # ----------------------------------------------------------------------------------------------
     # Acting
@@ -369,7 +398,7 @@ class MTSAC:
 
         self.critic_optimizer.zero_grad(set_to_none=False)
         critic = self._backward("critic", critic_loss_fn, critic_params, critic_batch, diagnostics)
-        self.critic_optimizer.step()
+        critic_ok = _guarded_step(self.critic_optimizer, critic.losses)
         if self._is_combined("critic") and uses_after_step(self.combiners["critic"]):
             with torch.no_grad():  # FAMO-style methods learn from the loss change on the same batch.
                 self.combiners["critic"].after_step(critic_losses(self.critic, critic_params, *critic_batch))
@@ -386,7 +415,7 @@ class MTSAC:
         actor, mean_log_prob = self._backward_with_aux(
             "actor", actor_loss_fn, actor_params, actor_batch, diagnostics
         )
-        self.actor_optimizer.step()
+        update_ok = _guarded_step(self.actor_optimizer, actor.losses, critic_ok)
         if self._is_combined("actor") and uses_after_step(self.combiners["actor"]):
             with torch.no_grad():
                 self.combiners["actor"].after_step(actor_loss_fn(actor_params, actor_batch)[0])
@@ -403,13 +432,14 @@ class MTSAC:
             )
         else:
             self.log_alpha.grad = task_grads.mean().reshape(1)
-        self.temperature_optimizer.step()
+        update_ok = _guarded_step(self.temperature_optimizer, mean_log_prob, update_ok)
         if self._is_combined("temperature") and uses_after_step(self.combiners["temperature"]):
             self.combiners["temperature"].after_step(
                 temperature_losses(self.log_alpha.detach(), mean_log_prob, self.target_entropy)
             )
 
         polyak_update(self.critic.parameters(), self.critic_target.parameters(), cfg.tau)
+        self._count_skip(update_ok, critic.losses, actor.losses)
         self.updates += 1
         return UpdateStats(
             critic_loss=critic.losses,
@@ -421,6 +451,39 @@ class MTSAC:
             critic_cosine=_mean_pairwise(critic.cosine),
             actor_grad_norms=actor.grad_norms,
             actor_cosine=_mean_pairwise(actor.cosine),
+            finite=update_ok,
+        )
+
+    def _count_skip(self, ok: Tensor, critic_loss: Tensor, actor_loss: Tensor) -> None:
+        """Book-keeping of skipped updates, as tensor ops (no host synchronisation)."""
+        self._skipped += (~ok).long()
+        self._consecutive_skips = torch.where(ok, 0, self._consecutive_skips + 1)
+        self._longest_skip_run = torch.maximum(self._longest_skip_run, self._consecutive_skips)
+        bad = ~(torch.isfinite(critic_loss) & torch.isfinite(actor_loss))
+        self._bad_tasks = torch.where(ok, self._bad_tasks, bad)
+        self._bad_iteration = torch.where(ok, self._bad_iteration, self.iteration)
+
+    @property
+    def skipped_updates(self) -> int:
+        """Updates skipped because a loss or gradient was not finite (reads from the device)."""
+        return int(self._skipped.item())
+
+    def check_numerics(self) -> None:
+        """Raise :class:`NonFiniteUpdateError` once ``max_consecutive_skips`` updates in a row were skipped.
+
+        It reads three numbers back from the device, so the training loop calls it every so many
+        iterations rather than after each update; the longest run of skips is tracked on the device
+        in between, so none is missed.
+        """
+        limit = self.config.max_consecutive_skips
+        if int(self._longest_skip_run.item()) < limit:
+            return
+        tasks = [name for name, bad in zip(self.task_names, self._bad_tasks.tolist(), strict=True) if bad]
+        where = f"task(s) {', '.join(tasks)}" if tasks else "gradients of finite losses"
+        raise NonFiniteUpdateError(
+            f"{limit} consecutive updates had non-finite losses or gradients ({where}, last at iteration "
+            f"{int(self._bad_iteration.item())}); no weight was changed by them, and training stopped. "
+            "Check the rewards and observations, lower the learning rates, or resume from the last checkpoint"
         )
 
     def _backward(
@@ -513,6 +576,8 @@ class MTSAC:
                     batch = self.replay_buffer.sample(cfg.batch_size_per_task)
                     due = self.diagnostics_every > 0 and self.iteration % self.diagnostics_every == 0
                     stats = self.update(batch, diagnostics=due)
+                    if self.iteration % _NUMERICS_CHECK_EVERY == 0:
+                        self.check_numerics()
                 if progress is not None:
                     progress.advance()
                 if (
@@ -521,6 +586,8 @@ class MTSAC:
                     is False
                 ):
                     break
+            if self.updates:
+                self.check_numerics()
         finally:
             if progress is not None:
                 progress.close()
@@ -644,6 +711,30 @@ class MTSAC:
             f"MTSAC(tasks={self.num_tasks}, combiner={self.combiners['critic']!r}, "
             f"combine={list(self.config.combine)}, device={self.device})"
         )
+
+
+class NonFiniteUpdateError(RuntimeError):
+    """Too many consecutive updates had non-finite losses or gradients."""
+
+
+def _guarded_step(
+    optimizer: torch.optim.Optimizer, losses: Tensor, earlier_ok: Tensor | None = None
+) -> Tensor:
+    """``optimizer.step()`` unless a loss or a gradient is not finite; return the 0-d "finite" flag.
+
+    ``earlier_ok`` chains the steps of one update: once a step was skipped, the later ones are
+    skipped too, so an update is applied whole or not at all. The check and the skip both stay on
+    the device: fused Adam reads ``found_inf`` and leaves the parameters, moments and step count
+    untouched when it is set.
+    """
+    grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+    grad_norms = torch.stack(torch._foreach_norm(grads)) if grads else losses.new_zeros(1)
+    finite = torch.isfinite(losses).all() & torch.isfinite(grad_norms).all()
+    if earlier_ok is not None:
+        finite = finite & earlier_ok
+    optimizer.found_inf = (~finite).float()  # type: ignore[attr-defined]
+    optimizer.step()
+    return finite
 
 
 def _mean_pairwise(cosine: Tensor | None) -> Tensor | None:

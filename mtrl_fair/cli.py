@@ -76,6 +76,7 @@ def _train(overrides: list[str]) -> int:
         nonlocal exit_code
         from hydra.core.hydra_config import HydraConfig
 
+        from mtrl_fair.agents import NonFiniteUpdateError
         from mtrl_fair.training import run_training
 
         run_dir = Path(HydraConfig.get().runtime.output_dir)
@@ -89,6 +90,10 @@ def _train(overrides: list[str]) -> int:
             if fresh:
                 _remove_hydra_files(run_dir)
             exit_code = 2
+            return
+        except NonFiniteUpdateError as error:
+            _error(f"{error} ({run_dir / 'checkpoints'})")
+            exit_code = 3
             return
         if summary:
             print(

@@ -172,6 +172,7 @@ class RunMonitor:
         values: dict[str, float] = {
             "charts/iterations_per_s": rate,
             "charts/env_steps_per_s": rate * len(self.task_names),
+            "charts/skipped_updates": float(agent.skipped_updates),
         }
         per_task = {
             "losses/critic": stats.critic_loss,
