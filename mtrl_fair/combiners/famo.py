@@ -119,13 +119,21 @@ class FAMO(Combiner):
         # Vector-Jacobian product of the softmax: (diag(z) - z zᵀ) δ.
         grad = probs * (delta - (probs * delta).sum())
         grad = grad + self.gamma * state["logits"]  # torch.optim.Adam's (coupled) weight decay
-        state["step"].add_(1.0)
-        state["exp_avg"].mul_(_BETA1).add_(grad, alpha=1.0 - _BETA1)
-        state["exp_avg_sq"].mul_(_BETA2).addcmul_(grad, grad, value=1.0 - _BETA2)
-        bias1 = 1.0 - torch.pow(_BETA1, state["step"])
-        bias2 = 1.0 - torch.pow(_BETA2, state["step"])
-        denom = state["exp_avg_sq"].sqrt() / bias2.sqrt() + _ADAM_EPS
-        state["logits"].sub_(self.w_lr * state["exp_avg"] / (bias1 * denom))
+        # A non-finite loss (before or after the step) must not poison the logits: that step of the
+        # weight optimiser is skipped, decided on the device with no host synchronisation.
+        ok = torch.isfinite(grad).all()
+        grad = torch.where(ok, grad, torch.zeros_like(grad))
+        step = state["step"] + ok.to(state["step"].dtype)
+        exp_avg = state["exp_avg"] * _BETA1 + grad * (1.0 - _BETA1)
+        exp_avg_sq = state["exp_avg_sq"] * _BETA2 + grad * grad * (1.0 - _BETA2)
+        bias1 = 1.0 - torch.pow(_BETA1, step.clamp(min=1.0))
+        bias2 = 1.0 - torch.pow(_BETA2, step.clamp(min=1.0))
+        denom = exp_avg_sq.sqrt() / bias2.sqrt() + _ADAM_EPS
+        logits = state["logits"] - self.w_lr * exp_avg / (bias1 * denom)
+        state["step"].copy_(step)
+        state["exp_avg"].copy_(torch.where(ok, exp_avg, state["exp_avg"]))
+        state["exp_avg_sq"].copy_(torch.where(ok, exp_avg_sq, state["exp_avg_sq"]))
+        state["logits"].copy_(torch.where(ok, logits, state["logits"]))
         self._has_losses_before = False
 
     def reset(self) -> None:

@@ -261,3 +261,18 @@ def test_gpu_no_host_sync() -> None:
     assert cpu.logits is not None
     assert gpu.logits is not None
     assert torch.allclose(gpu.logits.cpu(), cpu.logits, rtol=1e-9, atol=1e-12)
+
+
+def test_a_non_finite_loss_leaves_the_state_untouched() -> None:
+    famo = FAMO()
+    jacobian = torch.randn(3, 5, dtype=torch.float64)
+    famo.combine(jacobian, torch.tensor([1.0, 2.0, 3.0], dtype=torch.float64))
+    famo.after_step(torch.tensor([0.9, 1.8, 2.5], dtype=torch.float64))
+    before = {key: value.clone() for key, value in famo.state_dict().items()}
+    famo.combine(jacobian, torch.tensor([1.0, float("nan"), 3.0], dtype=torch.float64))
+    famo.after_step(torch.tensor([0.9, 1.8, float("inf")], dtype=torch.float64))
+    after = famo.state_dict()
+    for key in ("logits", "exp_avg", "exp_avg_sq", "step"):
+        assert torch.equal(after[key], before[key]), key
+    weights = famo.combine(jacobian, torch.tensor([1.0, 2.0, 3.0], dtype=torch.float64)).weights
+    assert torch.isfinite(weights).all()
