@@ -20,7 +20,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
+import shutil
 import time
 from collections import deque
 from dataclasses import asdict
@@ -31,12 +33,19 @@ import numpy as np
 import torch
 from omegaconf import OmegaConf
 
-from mtrl_fair.agents import MTSAC, MTSACConfig, StepResult, UpdateStats
+from mtrl_fair.agents import MTSAC, MTSACConfig, StepResult, UpdateStats, resolve_device
 from mtrl_fair.agents.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from mtrl_fair.config import ConfigError, TrainConfig, validate_train_config
 from mtrl_fair.envs import EvalResult
 
-__all__ = ["RunMonitor", "find_checkpoints", "latest_checkpoint", "run_training"]
+__all__ = [
+    "RunMonitor",
+    "find_checkpoints",
+    "latest_checkpoint",
+    "replay_buffer_bytes",
+    "resource_warnings",
+    "run_training",
+]
 
 CHECKPOINT_DIR = "checkpoints"
 _CHECKPOINT_NAME = re.compile(r"^step_(\d+)\.pt$")
@@ -351,6 +360,8 @@ def run_training(cfg: TrainConfig, run_dir: str | Path, *, echo: Any = print) ->
 
     # 2. Build the env and the agent, or restore them.
     run_dir.mkdir(parents=True, exist_ok=True)
+    for warning in resource_warnings(cfg, len(task_names), resolve_device(cfg.device), run_dir):
+        echo(f"warning: {warning}")
     (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(resolved))
     env = make_vector_env(
         cfg.benchmark.name,
@@ -394,6 +405,60 @@ def run_training(cfg: TrainConfig, run_dir: str | Path, *, echo: Any = print) ->
     (run_dir / "final_eval.json").write_text(json.dumps(summary, indent=2) + "\n")
     (run_dir / "final_eval.md").write_text(result.to_markdown())
     return summary
+
+
+# Meta-World's observation: 39 state values, then the one-hot task id.
+_METAWORLD_STATE_DIM = 39
+
+
+def replay_buffer_bytes(num_tasks: int, capacity_per_task: int, action_dim: int = 4) -> int:
+    """Bytes of a full replay buffer: float32 obs, next obs, action, reward and termination."""
+    obs_dim = _METAWORLD_STATE_DIM + num_tasks
+    return 4 * num_tasks * capacity_per_task * (2 * obs_dim + action_dim + 2)
+
+
+def _free_host_memory() -> int | None:
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None  # not a POSIX system that reports it
+
+
+def resource_warnings(
+    cfg: TrainConfig,
+    num_tasks: int,
+    device: torch.device,
+    run_dir: Path,
+    *,
+    free_device_bytes: int | None = None,
+    free_disk_bytes: int | None = None,
+) -> list[str]:
+    """What will not fit, said before the run starts: the replay buffer in the training device's
+    free memory, and the checkpoints (each holds the buffer) on the run directory's disk."""
+    capacity = cfg.agent.buffer_size_per_task
+    needed = replay_buffer_bytes(num_tasks, capacity)
+    if free_device_bytes is None:
+        free_device_bytes = (
+            torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else _free_host_memory()
+        )
+    if free_disk_bytes is None:
+        free_disk_bytes = shutil.disk_usage(run_dir).free
+    warnings = []
+    gib = 2**30
+    if free_device_bytes is not None and needed > free_device_bytes:
+        fits = max(1, capacity * free_device_bytes // (2 * needed))
+        warnings.append(
+            f"a full replay buffer takes {needed / gib:.1f} GiB but {device} has {free_device_bytes / gib:.1f} GiB "
+            f"free; lower agent.buffer_size_per_task (e.g. {fits}) or train on another device"
+        )
+    on_disk = needed * (cfg.keep_checkpoints + 1)  # the kept ones plus the one being written
+    if needed > 0 and on_disk > free_disk_bytes:
+        warnings.append(
+            f"{cfg.keep_checkpoints + 1} checkpoints with a full replay buffer take {on_disk / gib:.1f} GiB but the "
+            f"disk of {run_dir} has {free_disk_bytes / gib:.1f} GiB free; lower agent.buffer_size_per_task or "
+            "keep_checkpoints, or choose another hydra.run.dir"
+        )
+    return warnings
 
 
 def _check_same_run(saved: dict[str, Any], current: dict[str, Any], path: Path) -> None:
