@@ -17,6 +17,7 @@ import io
 import os
 import pickle
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -85,7 +86,11 @@ def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.devi
     """Load a checkpoint with ``weights_only=True``; any problem is a one-line :class:`CheckpointError`."""
     data = verify_checkpoint(path)
     try:
-        state = torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():
+            # torch warns about unusual pickle protocols on its way to refusing a file; the refusal
+            # below is the one message that matters.
+            warnings.simplefilter("ignore", UserWarning)
+            state = torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
     except pickle.UnpicklingError:
         # weights_only refuses anything but tensors and plain containers: a pickle that would build
         # other objects (and possibly run code) ends here. torch's own message advises retrying with

@@ -120,13 +120,18 @@ def _precheck(overrides: list[str]) -> str | None:
     from omegaconf.errors import OmegaConfBaseException
 
     from mtrl_fair.config import validate_train_config
+    from mtrl_fair.training import check_new_run_dir
 
     GlobalHydra.instance().clear()
     try:
         with initialize_config_module(config_module="mtrl_fair.configs", version_base="1.3"):
             cfg = compose("train", overrides=[o for o in overrides if not o.startswith("hydra.")])
-        # Ranges and names too, so that Hydra does not even create the run directory.
+        # Ranges and names too, so that Hydra does not even create the run directory, nor write its
+        # files into an existing run that is not being resumed.
         validate_train_config(OmegaConf.to_object(cfg))  # type: ignore[arg-type]
+        run_dir = next((o.split("=", 1)[1] for o in overrides if o.startswith("hydra.run.dir=")), None)
+        if run_dir is not None and not cfg.resume:
+            check_new_run_dir(run_dir)
     except (HydraException, OmegaConfBaseException, ValueError) as error:
         messages = [str(error)]
         cause = error.__cause__

@@ -137,12 +137,11 @@ class RunMonitor:
         values: dict[str, float] = {}
         if step.stats is not None and (iteration % cfg.log_every == 0 or final):
             values.update(self.training_values(agent, iteration, step.stats))
-        if iteration % cfg.checkpoint_every == 0 or final:
-            self.checkpoint(agent)
         if final:
-            self.final_result = self.evaluate(agent, cfg.final_eval_episodes)
-            values.update(self.eval_values(self.final_result))
-        elif cfg.eval_every and iteration % cfg.eval_every == 0:
+            values.update(self.finish(agent))
+        elif iteration % cfg.checkpoint_every == 0:
+            self.checkpoint(agent)
+        if not final and cfg.eval_every and iteration % cfg.eval_every == 0:
             values.update(self.eval_values(self.evaluate(agent, cfg.eval_episodes)))
         if values:
             self.write(iteration, agent.num_timesteps, values)
@@ -263,6 +262,12 @@ class RunMonitor:
             self._progress.note("")
         return result
 
+    def finish(self, agent: MTSAC) -> dict[str, float]:
+        """The last checkpoint, then the final evaluation (Meta-World's protocol); its values."""
+        self.checkpoint(agent)
+        self.final_result = self.evaluate(agent, self.cfg.final_eval_episodes)
+        return self.eval_values(self.final_result)
+
     def eval_values(self, result: EvalResult) -> dict[str, float]:
         values = {"charts/eval_success_rate": result.mean_success, "charts/eval_return": result.mean_return}
         for name in self.task_names:
@@ -348,15 +353,12 @@ def run_training(cfg: TrainConfig, run_dir: str | Path, *, echo: Any = print) ->
         saved = latest_checkpoint(run_dir)
         if saved is not None:
             _check_same_run(saved[1]["run"]["config"], resolved, saved[0])
-    elif find_checkpoints(run_dir) or (run_dir / "metrics.jsonl").exists():
-        raise ConfigError(
-            f"{run_dir} already holds a run; pass resume=true to continue it, or choose another hydra.run.dir"
-        )
-    if saved is not None and saved[1]["counters"]["iteration"] >= cfg.steps:
-        echo(
-            f"run {run_dir} is already complete ({saved[1]['counters']['iteration']} of {cfg.steps} iterations)"
-        )
-        return _read_json(run_dir / "final_eval.json")
+    else:
+        check_new_run_dir(run_dir)
+    final_eval = _read_json(run_dir / "final_eval.json")
+    if saved is not None and final_eval.get("step", -1) >= cfg.steps:
+        echo(f"run {run_dir} is already complete ({final_eval['step']} of {cfg.steps} iterations)")
+        return final_eval
 
     # 2. Build the env and the agent, or restore them.
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -392,8 +394,11 @@ def run_training(cfg: TrainConfig, run_dir: str | Path, *, echo: Any = print) ->
         monitor.env = env
         # 3. Learn: the monitor logs, checkpoints and evaluates along the way.
         try:
-            remaining = cfg.steps - agent.iteration
-            agent.learn(remaining * agent.num_tasks, callback=monitor)
+            if agent.iteration >= cfg.steps:
+                # Killed after the last checkpoint but before the final evaluation was written.
+                monitor.write(agent.iteration, agent.num_timesteps, monitor.finish(agent))
+            else:
+                agent.learn((cfg.steps - agent.iteration) * agent.num_tasks, callback=monitor)
         finally:
             monitor.close()
     finally:
@@ -459,6 +464,15 @@ def resource_warnings(
             "keep_checkpoints, or choose another hydra.run.dir"
         )
     return warnings
+
+
+def check_new_run_dir(run_dir: str | Path) -> None:
+    """Refuse to start a new run where a run already is (``resume=true`` continues it instead)."""
+    run_dir = Path(run_dir)
+    if find_checkpoints(run_dir) or (run_dir / "metrics.jsonl").exists():
+        raise ConfigError(
+            f"{run_dir} already holds a run; pass resume=true to continue it, or choose another hydra.run.dir"
+        )
 
 
 def _check_same_run(saved: dict[str, Any], current: dict[str, Any], path: Path) -> None:
