@@ -139,12 +139,14 @@ class RunMonitor:
             values.update(self.training_values(agent, iteration, step.stats))
         if final:
             values.update(self.finish(agent))
-        elif iteration % cfg.checkpoint_every == 0:
-            self.checkpoint(agent)
-        if not final and cfg.eval_every and iteration % cfg.eval_every == 0:
+        elif cfg.eval_every and iteration % cfg.eval_every == 0:
             values.update(self.eval_values(self.evaluate(agent, cfg.eval_episodes)))
         if values:
             self.write(iteration, agent.num_timesteps, values)
+        # The checkpoint comes after this step's record: a run resumed from it has every record up
+        # to its step (a record written after the last checkpoint is dropped and written again).
+        if not final and iteration % cfg.checkpoint_every == 0:
+            self.checkpoint(agent)
         if self._progress is not None:
             self._progress.update(iteration, self.latest_eval_success, self._train_success())
         return True
