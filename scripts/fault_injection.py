@@ -12,7 +12,7 @@ Part 2 tries bad input: bad overrides, and ``mtrl-fair eval`` on a truncated, a 
 malicious (code-running pickle) checkpoint. Each must exit with one ``error:`` line, leave no new
 run directory, run no code, and leave the finished run's files byte for byte as they were.
 
-    python scripts/fault_injection.py --kills 10 --steps 1000 --json docs/results/fault_injection.json
+    python scripts/fault_injection.py --kills 10 --steps 10000 --json docs/results/fault_injection.json
 """
 
 from __future__ import annotations
