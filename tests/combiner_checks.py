@@ -6,7 +6,7 @@ random and degenerate Jacobians.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
 import torch
@@ -131,9 +131,24 @@ def check_weights_sync_free_on_cuda(
     torch.testing.assert_close(weights.cpu(), combiner.weights(gram.cpu()), rtol=rtol, atol=atol)
 
 
-def check_weights_capture_in_cuda_graph(combiner: GramianCombiner, rtol: float, atol: float = 1e-6) -> None:
-    """``weights`` captured in a CUDA graph and replayed on a new Gram matrix agrees with the CPU."""
-    static = random_jacobian(6, 40, seed=1).cuda()
+def check_weights_capture_in_cuda_graph(
+    combiner: GramianCombiner,
+    rtol: float,
+    atol: float = 1e-6,
+    *,
+    static: Tensor | None = None,
+    fresh: Tensor | None = None,
+    generators: Sequence[torch.Generator] = (),
+    replays: int = 1,
+) -> None:
+    """``weights`` captured in a CUDA graph and replayed on a new Gram matrix agrees with the CPU.
+
+    ``static`` and ``fresh`` are the Jacobians of the captured and the replayed Gram matrices
+    (random ones by default); ``generators`` are registered with the graph, for combiners that draw
+    random numbers.
+    """
+    static = (random_jacobian(6, 40, seed=1) if static is None else static).cuda()
+    fresh = (random_jacobian(6, 40, seed=2) if fresh is None else fresh).cuda()
     static_gram = static @ static.T
     stream = torch.cuda.Stream()
     stream.wait_stream(torch.cuda.current_stream())
@@ -141,9 +156,11 @@ def check_weights_capture_in_cuda_graph(combiner: GramianCombiner, rtol: float, 
         combiner.weights(static_gram)  # warm-up outside the capture
     torch.cuda.current_stream().wait_stream(stream)
     graph = torch.cuda.CUDAGraph()
+    for generator in generators:
+        graph.register_generator_state(generator)
     with torch.cuda.graph(graph):
         captured = combiner.weights(static_gram)
-    fresh = random_jacobian(6, 40, seed=2).cuda()
     static_gram.copy_(fresh @ fresh.T)
-    graph.replay()
-    torch.testing.assert_close(captured.cpu(), combiner.weights(static_gram.cpu()), rtol=rtol, atol=atol)
+    for _ in range(replays):
+        graph.replay()
+        torch.testing.assert_close(captured.cpu(), combiner.weights(static_gram.cpu()), rtol=rtol, atol=atol)

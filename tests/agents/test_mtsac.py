@@ -17,6 +17,7 @@ import pytest
 import torch
 from combiner_checks import no_host_sync
 from gymnasium.spaces import Box
+from markers import requires_cuda
 
 from mtrl_fair.agents import LOSS_GROUPS, MTSAC, MTSACConfig, TaskBatch, UpdateStats, resolve_device
 from mtrl_fair.combiners import available, make
@@ -603,8 +604,7 @@ def test_resolve_device_unsupported_kind() -> None:
         resolve_device("meta")
 
 
-@pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@requires_cuda
 def test_gpu_update_without_host_sync() -> None:
     agent = fill(make_agent("fairgrad", device="cuda"))
     assert agent.replay_buffer.storage["obs"].device.type == "cuda"

@@ -14,6 +14,7 @@ from combiner_checks import (
 )
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
+from markers import requires_cuda
 from torchjd.aggregation import FairGradWeighting
 
 from mtrl_fair.combiners import make
@@ -187,8 +188,7 @@ def test_repr() -> None:
     )
 
 
-@pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@requires_cuda
 def test_newton_solve_is_sync_free_and_graph_capturable_on_cuda() -> None:
     jacobian = random_jacobian(10, 1000, seed=12).cuda() + 0.3
     gram = jacobian @ jacobian.T

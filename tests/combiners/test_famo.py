@@ -16,6 +16,7 @@ from combiner_checks import (
 )
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from markers import requires_cuda
 from torch import Tensor
 
 from mtrl_fair.combiners import Combination, Combiner, make
@@ -241,8 +242,7 @@ def test_bad_hyperparameters(hparams: dict[str, object]) -> None:
         FAMO(**hparams)  # type: ignore[arg-type]
 
 
-@pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@requires_cuda
 def test_gpu_no_host_sync() -> None:
     generator = torch.Generator().manual_seed(0)
     jacobian = torch.randn(10, 1000, generator=generator)

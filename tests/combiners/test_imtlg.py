@@ -16,6 +16,7 @@ from combiner_checks import (
 )
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
+from markers import requires_cuda
 from torch import Tensor
 from torchjd.aggregation import IMTLGWeighting
 
@@ -127,13 +128,11 @@ def test_repr() -> None:
     assert repr(make("imtlg")) == "IMTLG()"
 
 
-@pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@requires_cuda
 def test_weights_do_not_synchronise_on_cuda() -> None:
     check_weights_sync_free_on_cuda(IMTLG(), kind="duplicate_rows", rtol=1e-4)
 
 
-@pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@requires_cuda
 def test_weights_capture_in_a_cuda_graph() -> None:
     check_weights_capture_in_cuda_graph(IMTLG(), rtol=1e-4)

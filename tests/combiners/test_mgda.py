@@ -17,6 +17,7 @@ from combiner_checks import (
 )
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from markers import requires_cuda
 from torch import Tensor
 from torchjd.aggregation import MGDAWeighting
 
@@ -153,13 +154,11 @@ def test_repr_shows_hyperparameters() -> None:
     assert repr(make("mgda")) == "MGDA(max_iters=None)"
 
 
-@pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@requires_cuda
 def test_weights_do_not_synchronise_on_cuda() -> None:
     check_weights_sync_free_on_cuda(MGDA(), kind="zero_row", rtol=1e-5)
 
 
-@pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@requires_cuda
 def test_weights_capture_in_a_cuda_graph() -> None:
     check_weights_capture_in_cuda_graph(MGDA(), rtol=1e-5)

@@ -17,6 +17,7 @@ from combiner_checks import (
     random_jacobian,
 )
 from hypothesis import given, settings
+from markers import requires_cuda
 from torch import Tensor
 from torchjd.aggregation import NashMTL as TorchJDNashMTL
 
@@ -151,8 +152,7 @@ def test_bad_hyperparameters(hparams: dict[str, object]) -> None:
         NashMTL(**hparams)  # type: ignore[arg-type]
 
 
-@pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@requires_cuda
 def test_gpu_no_host_sync() -> None:
     jacobian = random_jacobian(10, 1000, seed=0).cuda()
     combiner = NashMTL()
@@ -168,5 +168,7 @@ def test_gpu_no_host_sync() -> None:
 def test_permutation_equivariance_when_large_weights_cancel() -> None:
     """Collinear gradients of opposite signs: no positive solution, ridge-bounded weights ~1e6
     whose terms cancel to a tiny direction (a case CI's hypothesis run found)."""
-    jacobian = torch.tensor([[0.0661], [0.0267], [0.0062], [0.0621], [-0.0452], [-0.0166], [-0.1523], [0.0382]])
+    jacobian = torch.tensor(
+        [[0.0661], [0.0267], [0.0062], [0.0621], [-0.0452], [-0.0166], [-0.1523], [0.0382]]
+    )
     check_permutation_equivariance(NashMTL(), jacobian)

@@ -12,6 +12,7 @@ from combiner_checks import (
     check_gramian_weights_match_combine,
     check_permutation_equivariance,
     check_shape_and_finite,
+    check_weights_capture_in_cuda_graph,
     check_weights_reproduce_direction,
     jacobians,
     no_host_sync,
@@ -19,6 +20,7 @@ from combiner_checks import (
 )
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from markers import requires_cuda
 from torch import Tensor
 from torchjd.aggregation import PCGradWeighting
 
@@ -157,8 +159,7 @@ def test_repr_shows_hyperparameters() -> None:
     assert repr(make("pcgrad", seed=3)) == "PCGrad(seed=3)"
 
 
-@pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@requires_cuda
 def test_weights_do_not_synchronise_on_cuda() -> None:
     jacobian = random_jacobian(6, 40, seed=0, kind="zero_row").cuda()
     gram = jacobian @ jacobian.T
@@ -170,24 +171,19 @@ def test_weights_do_not_synchronise_on_cuda() -> None:
     assert torch.isfinite(weights).all()
 
 
-@pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@requires_cuda
 def test_weights_capture_in_a_cuda_graph() -> None:
     combiner = PCGrad()
-    static_gram = torch.eye(5, device="cuda")
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        combiner.weights(static_gram)  # warm-up outside the capture
-    torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    graph.register_generator_state(combiner.generator("cuda"))
-    with torch.cuda.graph(graph):
-        captured = combiner.weights(static_gram)
-    # Two tasks in conflict and three orthogonal ones: every order gives the same result.
-    fresh = torch.eye(5, 7, device="cuda")
+    # Two tasks in conflict and three orthogonal ones: every order gives the same result, so the
+    # replays (each with fresh random orders) must all agree with the CPU.
+    fresh = torch.eye(5, 7)
     fresh[1, 0] = -1.0
-    static_gram.copy_(fresh @ fresh.T)
-    for _ in range(3):
-        graph.replay()
-        torch.testing.assert_close(captured.cpu(), PCGrad().weights(static_gram.cpu()))
+    check_weights_capture_in_cuda_graph(
+        combiner,
+        rtol=1.3e-6,
+        atol=1e-5,
+        static=torch.eye(5),
+        fresh=fresh,
+        generators=[combiner.generator("cuda")],
+        replays=3,
+    )

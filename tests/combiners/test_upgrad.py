@@ -14,6 +14,7 @@ from combiner_checks import (
     random_jacobian,
 )
 from hypothesis import given, settings
+from markers import requires_cuda
 from torchjd._linalg import QuadprogProjector
 from torchjd.aggregation import UPGrad as TorchJDUPGrad
 from torchjd.aggregation import UPGradWeighting
@@ -179,8 +180,7 @@ def test_preference_length_must_match() -> None:
         UPGrad(pref_vector=[1.0, 1.0]).weights(torch.eye(3))
 
 
-@pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@requires_cuda
 def test_gpu_no_host_sync() -> None:
     jacobian = random_jacobian(10, 1000, seed=0).cuda()
     for combiner in (UPGrad(), UPGrad(pref_vector=[float(i) for i in range(10)])):
