@@ -93,12 +93,13 @@ def main() -> None:
     }
     for combiner, seed, run_dir, _ in processes:
         final = json.loads((run_dir / "final_eval.json").read_text())
+        metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
         curve = [
             {"step": r["step"], "success": r["charts/eval_success_rate"]}
-            for r in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines())
+            for r in metrics
             if "charts/eval_success_rate" in r
         ]
-        rates = [r["charts/iterations_per_s"] for r in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines()) if "charts/iterations_per_s" in r]
+        rates = [r["charts/iterations_per_s"] for r in metrics if "charts/iterations_per_s" in r]
         record["runs"].append({
             "combiner": combiner, "seed": seed, "final": final, "curve": curve,
             "iterations_per_s_median": float(np.median(rates)) if rates else None,
