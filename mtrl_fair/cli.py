@@ -5,6 +5,9 @@ Hydra launchers work) and runs :func:`mtrl_fair.training.run_training`.
 
 ``mtrl-fair eval <run-dir-or-checkpoint> [episodes=N] [seed=S] [device=D] [vector_strategy=sync|async]``
 scores a trained agent with Meta-World's protocol and writes the per-task table as JSON and Markdown.
+
+``mtrl-fair report <run-or-sweep-dirs...> --out DIR`` turns runs into ``DIR/report.md`` and its plots
+(:mod:`mtrl_fair.report`).
 """
 
 from __future__ import annotations
@@ -22,6 +25,9 @@ commands:
   train [key=value ...]                 train multi-task SAC (Hydra overrides, e.g. benchmark=mt10 combiner=fairgrad)
   eval <run-dir-or-checkpoint> [key=value ...]
                                         per-task success rates (episodes=50 seed=0 device=auto vector_strategy=sync)
+  report <run-or-sweep-dirs ...> --out DIR
+                                        Markdown report with plots: success with confidence intervals,
+                                        per-task success, fairness across tasks
   combiners                             list the combiners and their hyperparameters
 
 Run `mtrl-fair train --help` for the training config and its groups."""
@@ -47,9 +53,13 @@ def main(argv: list[str] | None = None) -> int:
         return _train(rest)
     if command == "eval":
         return _eval(rest)
+    if command == "report":
+        from mtrl_fair.report import main as report_main
+
+        return report_main(rest)
     if command == "combiners":
         return _list_combiners()
-    _error(f"unknown command {command!r}; allowed: train, eval, combiners")
+    _error(f"unknown command {command!r}; allowed: train, eval, report, combiners")
     return 2
 
 
@@ -75,24 +85,34 @@ def _train(overrides: list[str]) -> int:
     def train_app(cfg: DictConfig) -> None:
         nonlocal exit_code
         from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
 
         from mtrl_fair.agents import NonFiniteUpdateError
-        from mtrl_fair.training import run_training
+        from mtrl_fair.training import holds_run, run_training
 
         run_dir = Path(HydraConfig.get().runtime.output_dir)
+        in_sweep = HydraConfig.get().mode == RunMode.MULTIRUN
         fresh = not (run_dir / "config.yaml").exists()
         print(f"run directory: {run_dir}", flush=True)
         try:
             train_cfg: TrainConfig = OmegaConf.to_object(cfg)  # type: ignore[assignment]
+            # A sweep job always continues its own directory: a retried, preempted or re-launched
+            # job resumes from its last checkpoint, and a finished one is skipped.
+            if in_sweep and holds_run(run_dir):
+                train_cfg.resume = True
             summary = run_training(train_cfg, run_dir)
         except ConfigError as error:
             _error(str(error))
             if fresh:
                 _remove_hydra_files(run_dir)
+            if in_sweep:  # marks this job failed; Hydra reports it when the sweep ends
+                raise
             exit_code = 2
             return
         except NonFiniteUpdateError as error:
             _error(f"{error} ({run_dir / 'checkpoints'})")
+            if in_sweep:
+                raise
             exit_code = 3
             return
         if summary:
@@ -100,19 +120,23 @@ def _train(overrides: list[str]) -> int:
                 f"mean success rate: {summary['mean_success']:.3f}  (per task: {run_dir / 'final_eval.md'})"
             )
 
+    if any(arg in ("-m", "--multirun") for arg in overrides):
+        overrides = [*overrides, *_sweep_dirname_override(overrides)]
     sys.argv = ["mtrl-fair train", *overrides]
     train_app()
     return exit_code
 
 
 def _precheck(overrides: list[str]) -> str | None:
-    """Compose the config once before Hydra runs, to turn a bad override into one clear line.
+    """Compose the config before Hydra runs, to turn a bad override into one clear line.
 
-    Hydra's own reports span several lines and list its search path. Sweeps (``-m``) are left to
-    Hydra, since ``a=1,2`` is not a value on its own.
+    Hydra's own reports span several lines and list its search path. For a sweep (``-m``) every
+    combination is composed and checked, so that a typo in the fifth job does not surface hours
+    into the sweep, nor after a cluster has started.
     """
-    if any(arg in ("-m", "--multirun") or arg.startswith("--") for arg in overrides):
-        return None
+    flags = [arg for arg in overrides if arg.startswith("-")]
+    if any(flag not in ("-m", "--multirun") for flag in flags):
+        return None  # --help, --cfg, --info …: Hydra's own
     from hydra import compose, initialize_config_module
     from hydra.core.global_hydra import GlobalHydra
     from hydra.errors import HydraException
@@ -122,15 +146,19 @@ def _precheck(overrides: list[str]) -> str | None:
     from mtrl_fair.config import validate_train_config
     from mtrl_fair.training import check_new_run_dir
 
+    sweep = bool(flags)
+    # hydra.* and hydra/* (launcher, sweeper) overrides configure Hydra, not the run.
+    task_overrides = [o for o in overrides if not o.startswith(("-", "hydra.", "hydra/"))]
     GlobalHydra.instance().clear()
     try:
         with initialize_config_module(config_module="mtrl_fair.configs", version_base="1.3"):
-            cfg = compose("train", overrides=[o for o in overrides if not o.startswith("hydra.")])
-        # Ranges and names too, so that Hydra does not even create the run directory, nor write its
-        # files into an existing run that is not being resumed.
-        validate_train_config(OmegaConf.to_object(cfg))  # type: ignore[arg-type]
+            for job_overrides in _sweep_jobs(task_overrides) if sweep else [task_overrides]:
+                cfg = compose("train", overrides=job_overrides)
+                # Ranges and names too, so that Hydra does not even create the run directory, nor
+                # write its files into an existing run that is not being resumed.
+                validate_train_config(OmegaConf.to_object(cfg))  # type: ignore[arg-type]
         run_dir = next((o.split("=", 1)[1] for o in overrides if o.startswith("hydra.run.dir=")), None)
-        if run_dir is not None and not cfg.resume:
+        if not sweep and run_dir is not None and not cfg.resume:
             check_new_run_dir(run_dir)
     except (HydraException, OmegaConfBaseException, ValueError) as error:
         messages = [str(error)]
@@ -142,6 +170,38 @@ def _precheck(overrides: list[str]) -> str | None:
     finally:
         GlobalHydra.instance().clear()
     return None
+
+
+def _sweep_jobs(overrides: list[str]) -> list[list[str]]:
+    """The overrides of every job of a sweep, as Hydra's basic sweeper expands them."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parsed = OverridesParser.create().parse_overrides(overrides)
+    return [job for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
+
+
+# Keys that never change what is trained: they stay out of a sweep job's directory name.
+_NOT_IN_RUN_NAME = ("resume", "progress", "device", "log_every", "checkpoint_every", "keep_checkpoints")
+
+
+def _sweep_dirname_override(overrides: list[str]) -> list[str]:
+    """Name each sweep job's directory by its swept values only (``combiner=fairgrad,seed=1``).
+
+    Hydra names it by all overrides, so every run of ``steps=… agent.warmup_steps=… seed=0,1`` would
+    carry the fixed values too. The name depends only on the swept values, so a re-launched sweep
+    finds each job's run again (and may extend it, e.g. with more ``steps``). A user's own
+    ``hydra.job.config.override_dirname.exclude_keys`` is left as it is.
+    """
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    if any(o.startswith("hydra.job.config.override_dirname.exclude_keys=") for o in overrides):
+        return []
+    task_overrides = [o for o in overrides if not o.startswith(("-", "hydra.", "hydra/"))]
+    parsed = OverridesParser.create().parse_overrides(task_overrides)
+    fixed = [o.key_or_group for o in parsed if not o.is_sweep_override()]
+    keys = list(dict.fromkeys([*_NOT_IN_RUN_NAME, *fixed]))
+    return [f"hydra.job.config.override_dirname.exclude_keys=[{','.join(keys)}]"]
 
 
 def _one_line(message: str) -> str:

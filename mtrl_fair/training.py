@@ -112,8 +112,9 @@ class RunMonitor:
         self.task_names = task_names
         self.resolved_config = resolved_config
         num_tasks = len(task_names)
-        # TensorBoard drops any event after start_iteration left by a killed run (purge_step).
-        self.writer = SummaryWriter(str(run_dir), purge_step=start_iteration if start_iteration > 0 else None)
+        # TensorBoard drops any event after start_iteration left by a killed run (purge_step),
+        # including those of an attempt killed before its first checkpoint (start_iteration 0).
+        self.writer = SummaryWriter(str(run_dir), purge_step=start_iteration)
         self.metrics_path = run_dir / "metrics.jsonl"
         _truncate_metrics(self.metrics_path, start_iteration)
         # Training-episode statistics: success = info["success"] was 1 at any step of the episode.
@@ -468,10 +469,16 @@ def resource_warnings(
     return warnings
 
 
+def holds_run(run_dir: str | Path) -> bool:
+    """Whether a run has started in ``run_dir`` (it has written a checkpoint or a metrics record)."""
+    run_dir = Path(run_dir)
+    return bool(find_checkpoints(run_dir)) or (run_dir / "metrics.jsonl").exists()
+
+
 def check_new_run_dir(run_dir: str | Path) -> None:
     """Refuse to start a new run where a run already is (``resume=true`` continues it instead)."""
     run_dir = Path(run_dir)
-    if find_checkpoints(run_dir) or (run_dir / "metrics.jsonl").exists():
+    if holds_run(run_dir):
         raise ConfigError(
             f"{run_dir} already holds a run; pass resume=true to continue it, or choose another hydra.run.dir"
         )

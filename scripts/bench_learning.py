@@ -41,18 +41,24 @@ class RandomPolicy:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--tasks", nargs="+", default=EASY_TASKS)
     parser.add_argument("--combiners", nargs="+", default=["mean", "fairgrad"])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0])
     parser.add_argument("--steps", type=int, default=40_000, help="training iterations per run")
     parser.add_argument("--eval-every", type=int, default=10_000)
-    parser.add_argument("--eval-episodes", type=int, default=50, help="episodes per task in the final evaluation")
+    parser.add_argument(
+        "--eval-episodes", type=int, default=50, help="episodes per task in the final evaluation"
+    )
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=0, help="torch threads per run (0: cores / runs)")
     parser.add_argument("--out", type=Path, default=Path("docs/results/learning"))
     parser.add_argument("--resume", action="store_true", help="continue the runs found in --out")
-    parser.add_argument("--extra", nargs="*", default=[], help="more overrides for every run, e.g. agent.warmup_steps=2000")
+    parser.add_argument(
+        "--extra", nargs="*", default=[], help="more overrides for every run, e.g. agent.warmup_steps=2000"
+    )
     args = parser.parse_args()
 
     runs = [(combiner, seed) for combiner in args.combiners for seed in args.seeds]
@@ -73,13 +79,22 @@ def main() -> None:
         log = (args.out / f"{combiner}_s{seed}.log").open("w")
         # The runs share the machine: give each an equal share of the cores.
         env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
-        processes.append((combiner, seed, run_dir, subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)))
+        processes.append(
+            (
+                combiner,
+                seed,
+                run_dir,
+                subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env),
+            )
+        )
     for combiner, seed, _, process in processes:
         if process.wait() != 0:
             sys.exit(f"the {combiner} run (seed {seed}) failed; see {args.out / f'{combiner}_s{seed}.log'}")
     wall = time.perf_counter() - start
 
-    random_result = mtrl_fair.evaluate(RandomPolicy(0), "MT10", episodes=args.eval_episodes, seed=0, tasks=args.tasks)
+    random_result = mtrl_fair.evaluate(
+        RandomPolicy(0), "MT10", episodes=args.eval_episodes, seed=0, tasks=args.tasks
+    )
     record = {
         "tasks": args.tasks,
         "steps": args.steps,
@@ -112,7 +127,11 @@ def main() -> None:
 def _markdown(record: dict) -> str:
     tasks = record["tasks"]
     header = "| policy | " + " | ".join(tasks) + " | mean |\n|---|" + "---:|" * (len(tasks) + 1) + "\n"
-    rows = ["| random | " + " | ".join(f"{record['random']['per_task'][t]:.2f}" for t in tasks) + f" | {record['random']['mean_success']:.2f} |"]
+    rows = [
+        "| random | "
+        + " | ".join(f"{record['random']['per_task'][t]:.2f}" for t in tasks)
+        + f" | {record['random']['mean_success']:.2f} |"
+    ]
     for run in record["runs"]:
         per_task = run["final"]["per_task"]
         rows.append(
