@@ -20,6 +20,7 @@ import math
 import os
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -87,6 +88,13 @@ class MTSACConfig:
     """Compute per-task gradients this many tasks at a time (bounds memory for MT50); None: all."""
     max_consecutive_skips: int = 100
     """Stop training after this many updates in a row had a non-finite loss or gradient."""
+    overlap_env_steps: bool = False
+    """Step the envs in a background thread while the update runs (after warm-up).
+
+    The update then samples the buffer before the current step's transition is added, one
+    transition later than in the sequential loop. It pays when the envs are stepped in other
+    processes (``vector_strategy=async``) and the update runs on a GPU: neither waits for the other.
+    """
 
     def validate(self) -> None:
         """Raise a one-line :class:`ValueError` for any value outside its allowed range."""
@@ -263,6 +271,10 @@ class MTSAC:
         self._action_low, self._action_high = low, high
 
         torch.manual_seed(self.seed)
+        if env is not None:
+            # The warm-up actions come from the env's action space: seeded here, as SB3 does, since
+            # a vector env's reset(seed=) seeds its sub-envs but not its batched action space.
+            env.action_space.seed(self.seed)
         hidden = [int(h) for h in self.config.hidden_sizes]
         self.actor = Actor(self.net_obs_dim, self.action_dim, hidden).to(self.device)
         self.critic = TwinCritic(self.net_obs_dim, self.action_dim, hidden).to(self.device)
@@ -555,15 +567,24 @@ class MTSAC:
         if self._last_obs is None:
             self._last_obs, _ = env.reset(seed=self.seed + self.iteration)
         progress = _Progress(iterations) if progress_bar else None
+        collector = ThreadPoolExecutor(max_workers=1) if cfg.overlap_env_steps else None
         try:
             for _ in range(iterations):
-                # 1. Collect: one step of every task's env.
+                # 1. Collect: one step of every task's env (in the background while this iteration
+                #    updates, with overlap_env_steps).
                 obs = self._last_obs
                 if self.iteration < cfg.warmup_steps:
                     action = env.action_space.sample()
                 else:
                     action, _ = self.predict(obs, deterministic=False)
-                next_obs, reward, terminated, truncated, info = env.step(action)
+                updating = self.iteration + 1 > cfg.warmup_steps
+                stats = None
+                if collector is not None and updating:
+                    stepping = collector.submit(env.step, action)
+                    stats = self._update_from_buffer(self.iteration + 1)
+                    next_obs, reward, terminated, truncated, info = stepping.result()
+                else:
+                    next_obs, reward, terminated, truncated, info = env.step(action)
                 # 2. Store: the true last observation of an episode that just ended, not the reset one.
                 real_next_obs = final_observations(next_obs, np.logical_or(terminated, truncated), info)
                 self.replay_buffer.add(obs, self._unscale_action(action), reward, real_next_obs, terminated)
@@ -571,13 +592,8 @@ class MTSAC:
                 self.iteration += 1
                 self.num_timesteps += self.num_tasks
                 # 3. Update: one per iteration once the warm-up is over.
-                stats = None
-                if self.iteration > cfg.warmup_steps:
-                    batch = self.replay_buffer.sample(cfg.batch_size_per_task)
-                    due = self.diagnostics_every > 0 and self.iteration % self.diagnostics_every == 0
-                    stats = self.update(batch, diagnostics=due)
-                    if self.iteration % _NUMERICS_CHECK_EVERY == 0:
-                        self.check_numerics()
+                if updating and stats is None:
+                    stats = self._update_from_buffer(self.iteration)
                 if progress is not None:
                     progress.advance()
                 if (
@@ -589,9 +605,20 @@ class MTSAC:
             if self.updates:
                 self.check_numerics()
         finally:
+            if collector is not None:
+                collector.shutdown(wait=True)
             if progress is not None:
                 progress.close()
         return self
+
+    def _update_from_buffer(self, iteration: int) -> UpdateStats:
+        """The update of ``iteration``: a fresh batch, diagnostics when due, a periodic numerics check."""
+        batch = self.replay_buffer.sample(self.config.batch_size_per_task)
+        due = self.diagnostics_every > 0 and iteration % self.diagnostics_every == 0
+        stats = self.update(batch, diagnostics=due)
+        if iteration % _NUMERICS_CHECK_EVERY == 0:
+            self.check_numerics()
+        return stats
 
     # ----------------------------------------------------------------------------------------------
     # Saving and loading
