@@ -1,4 +1,4 @@
-"""Smoke test of scripts/bench_combiners.py: it runs and writes well-formed JSON records."""
+"""Smoke tests of the benchmark scripts: they run and write well-formed JSON records."""
 
 from __future__ import annotations
 
@@ -32,3 +32,35 @@ def test_bench_combiners_quick(tmp_path: Path) -> None:
     baseline = next(r for r in records if r["what"] == "backward" and r["method"] == "mean")
     assert baseline["ratio_to_mean"] == 1.0
     assert "threads" in completed.stdout
+
+
+THROUGHPUT = SCRIPT.parent / "bench_throughput.py"
+
+
+def test_bench_throughput_quick(tmp_path: Path) -> None:
+    out = tmp_path / "throughput.json"
+    command = [sys.executable, str(THROUGHPUT), "--tasks", "reach-v3", "drawer-close-v3"]
+    command += ["--hidden", "16", "16", "--iterations", "3", "--update-repeats", "2", "--warmup", "5"]
+    command += ["--combiners", "mean", "fairgrad", "--overlap", "--json", str(out)]
+    completed = subprocess.run(command, capture_output=True, text=True, timeout=300, check=False)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    record = json.loads(out.read_text())
+    assert record["tasks"] == 2
+    assert record["device"] == "cpu"
+    methods = [row["method"] for row in record["rows"]]
+    assert methods == [
+        "env_only",
+        "mtsac/mean",
+        "mtsac/mean+overlap",
+        "mtsac/fairgrad",
+        "mtsac/fairgrad+overlap",
+        "paper_rl/fairgrad",
+        "sb3_sac",
+    ]
+    rows = {row["method"]: row for row in record["rows"]}
+    assert rows["env_only"]["fraction_of_floor"] == 1.0
+    assert rows["mtsac/mean"]["update_cost_vs_mean"] == 1.0
+    for row in record["rows"][1:]:
+        assert row["iterations_per_s"] > 0
+        assert row["update_ms"] > 0
+        assert len(row["update_ms_values"]) == 2
