@@ -35,12 +35,13 @@ import torch
 from stable_baselines3 import SAC, TD3
 from stable_baselines3.common.buffers import ReplayBuffer
 from stable_baselines3.common.type_aliases import ReplayBufferSamples
-from stable_baselines3.common.utils import polyak_update
+from stable_baselines3.common.utils import get_device, polyak_update
 from stable_baselines3.common.vec_env import VecEnv
 from torch import Tensor, nn
 from torch.func import functional_call, vmap
 
 from mtrl_fair.agents.networks import squashed_gaussian
+from mtrl_fair.agents.sac_losses import polyak_update as fused_polyak_update
 from mtrl_fair.combiners import Combiner, make
 from mtrl_fair.combiners.base import uses_after_step
 from mtrl_fair.combiners.mean import Mean
@@ -357,6 +358,22 @@ class _ActorDistribution(nn.Module):
 # ------------------------------------------------------------------------------------------------
 
 
+def _fused_adam_on_cuda(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """SB3's keyword arguments with fused Adam for the policy's optimizers when training on CUDA.
+
+    One kernel per optimizer step instead of several per parameter group: the update is
+    launch-bound on a GPU. A ``policy_kwargs`` that names its own optimizer or its arguments is
+    left as it is.
+    """
+    if get_device(kwargs.get("device", "auto")).type != "cuda":
+        return kwargs
+    policy_kwargs = dict(kwargs.get("policy_kwargs") or {})
+    if "optimizer_class" in policy_kwargs or "optimizer_kwargs" in policy_kwargs:
+        return kwargs
+    policy_kwargs["optimizer_kwargs"] = {"fused": True}
+    return {**kwargs, "policy_kwargs": policy_kwargs}
+
+
 class MultiTaskSAC(SAC):
     """SB3's SAC with per-task losses combined by a gradient combiner.
 
@@ -391,7 +408,7 @@ class MultiTaskSAC(SAC):
             combiner, combiner_kwargs, combine, self.LOSS_GROUPS
         )
         self.per_task_temperature = per_task_temperature
-        super().__init__(policy, env, **kwargs)
+        super().__init__(policy, env, **_fused_adam_on_cuda(kwargs))
 
     def _setup_model(self) -> None:
         super()._setup_model()
@@ -408,7 +425,9 @@ class MultiTaskSAC(SAC):
             self.log_ent_coef = torch.full(
                 (self.num_tasks,), np.log(init), device=self.device, requires_grad=True
             )
-            self.ent_coef_optimizer = torch.optim.Adam([self.log_ent_coef], lr=self.lr_schedule(1))
+            self.ent_coef_optimizer = torch.optim.Adam(
+                [self.log_ent_coef], lr=self.lr_schedule(1), fused=self.device.type == "cuda"
+            )
 
     def _excluded_save_params(self) -> list[str]:
         return [*super()._excluded_save_params(), "combiners", "_actor_distribution"]
@@ -439,7 +458,8 @@ class MultiTaskSAC(SAC):
                 self._checked_one_hot = _check_one_hot(batch.observations, self.num_tasks)
             records.append(self._update(batch))
             if gradient_step % self.target_update_interval == 0:
-                polyak_update(self.critic.parameters(), self.critic_target.parameters(), self.tau)
+                # One foreach kernel instead of SB3's two per tensor (launch-bound on a GPU).
+                fused_polyak_update(self.critic.parameters(), self.critic_target.parameters(), self.tau)
                 polyak_update(self.batch_norm_stats, self.batch_norm_stats_target, 1.0)
         self._n_updates += gradient_steps
         if not records:
@@ -551,7 +571,7 @@ class MultiTaskTD3(TD3):
         self.combiner_name, self.combiner_kwargs, self.combine = _combiner_settings(
             combiner, combiner_kwargs, combine, self.LOSS_GROUPS
         )
-        super().__init__(policy, env, **kwargs)
+        super().__init__(policy, env, **_fused_adam_on_cuda(kwargs))
 
     def _setup_model(self) -> None:
         super()._setup_model()
@@ -623,8 +643,8 @@ class MultiTaskTD3(TD3):
                 _after_step(self._combiner_for("actor"), actor_loss, actor_params, batch.observations)
                 actor_weights.append(actor.weights)
                 actor_losses.append(actor.losses)
-                polyak_update(self.critic.parameters(), self.critic_target.parameters(), self.tau)
-                polyak_update(self.actor.parameters(), self.actor_target.parameters(), self.tau)
+                fused_polyak_update(self.critic.parameters(), self.critic_target.parameters(), self.tau)
+                fused_polyak_update(self.actor.parameters(), self.actor_target.parameters(), self.tau)
                 polyak_update(self.critic_batch_norm_stats, self.critic_batch_norm_stats_target, 1.0)
                 polyak_update(self.actor_batch_norm_stats, self.actor_batch_norm_stats_target, 1.0)
 

@@ -221,3 +221,29 @@ def test_an_env_without_one_hot_task_ids_is_refused() -> None:
     model = MultiTaskSAC("MlpPolicy", env, combiner="mean", **small(learning_starts=10))
     with pytest.raises(ValueError, match="one-hot id of task k"):
         model.learn(total_timesteps=60)
+
+
+def test_target_networks_follow_sb3s_polyak_rule(env: MetaWorldVecEnv) -> None:
+    from stable_baselines3.common.utils import polyak_update
+
+    model = MultiTaskSAC("MlpPolicy", env, combiner="mean", tau=0.3, **small(learning_starts=10))
+    model.learn(total_timesteps=30)
+    expected = [p.detach().clone() for p in model.critic_target.parameters()]
+    model.train(gradient_steps=1, batch_size=32)
+    # SB3's rule applied to the targets as they were, towards the critic after its step.
+    polyak_update(model.critic.parameters(), expected, 0.3)
+    for ours, theirs in zip(model.critic_target.parameters(), expected, strict=True):
+        torch.testing.assert_close(ours, theirs)
+
+
+def test_fused_adam_is_chosen_on_cuda_unless_the_user_chose() -> None:
+    from unittest import mock
+
+    from mtrl_fair.sb3 import _fused_adam_on_cuda
+
+    assert _fused_adam_on_cuda({"device": "cpu"}) == {"device": "cpu"}
+    with mock.patch("mtrl_fair.sb3.get_device", return_value=torch.device("cuda")):
+        chosen = _fused_adam_on_cuda({"device": "cuda", "policy_kwargs": {"net_arch": [8]}})
+        assert chosen["policy_kwargs"] == {"net_arch": [8], "optimizer_kwargs": {"fused": True}}
+        own = {"device": "cuda", "policy_kwargs": {"optimizer_kwargs": {"eps": 1e-5}}}
+        assert _fused_adam_on_cuda(own) == own
