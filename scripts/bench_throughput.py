@@ -208,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
             "update_ms": statistics.median(update_ms) if update_ms else None, "update_ms_values": update_ms,
         })  # fmt: skip
         update = f"{statistics.median(update_ms):9.2f} ms" if update_ms else "        –   "
-        print(f"  {method:22s} {rate:8.2f} it/s   update {update}", flush=True)
+        print(f"  {method:24s} {rate:8.2f} it/s   update {update}", flush=True)
 
     add("env_only", env_only_rate(env, max(args.iterations, 100)), None)
     config = MTSACConfig(hidden_sizes=list(args.hidden), warmup_steps=args.warmup - 3)
@@ -251,13 +251,13 @@ def main(argv: list[str] | None = None) -> int:
             row["iteration_cost_vs_mean"] = base["iterations_per_s"] / row["iterations_per_s"]
             if row["update_ms"] is not None:
                 row["update_cost_vs_mean"] = row["update_ms"] / base["update_ms"]
-    print("\nmethod                  it/s   of floor  iteration ×mean  update ms  update ×mean")
+    print(f"\n{'method':24s}    it/s  of floor  iteration ×mean  update ms  update ×mean")
     for row in rows:
         update = f"{row['update_ms']:9.2f}" if row["update_ms"] is not None else "        –"
         ratio = f"{row['update_cost_vs_mean']:11.2f}×" if "update_cost_vs_mean" in row else "           –"
         vs_mean = f"{row.get('iteration_cost_vs_mean', float('nan')):14.2f}×"
         print(
-            f"{row['method']:20s} {row['iterations_per_s']:7.2f} {100 * row['fraction_of_floor']:8.1f}%"
+            f"{row['method']:24s} {row['iterations_per_s']:7.2f} {100 * row['fraction_of_floor']:8.1f}%"
             f" {vs_mean} {update} {ratio}"
         )
     if args.json:
