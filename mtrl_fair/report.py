@@ -23,6 +23,7 @@ import json
 import math
 import os
 import sys
+import textwrap
 import zlib
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -741,6 +742,11 @@ def _common_curve(runs: Sequence[RunRecord]) -> tuple[FloatArray, FloatArray]:
     return common, values
 
 
+def _legend_label(label: str, width: int = 40) -> str:
+    """A method label wrapped to lines of ``width`` characters, so a long one cannot squeeze the axes."""
+    return "\n".join(textwrap.wrap(label, width)) or label
+
+
 def plot_curves(methods: Sequence[MethodSummary], colours: Mapping[str, Any], path: Path) -> None:
     """Mean evaluation success against environment steps, mean over seeds with a ±SE band."""
     fig = _new_figure(7.0, 4.2)
@@ -757,7 +763,7 @@ def plot_curves(methods: Sequence[MethodSummary], colours: Mapping[str, Any], pa
             color=colour,
             marker="o",
             markersize=3,
-            label=f"{method.label} (n={len(method.runs)})",
+            label=_legend_label(f"{method.label} (n={len(method.runs)})"),
         )
         if len(method.runs) > 1:
             se = values.std(axis=0, ddof=1) / math.sqrt(len(method.runs)) * 100
@@ -788,7 +794,7 @@ def plot_per_task(methods: Sequence[MethodSummary], colours: Mapping[str, Any], 
             yerr=se if np.any(se > 0) else None,
             capsize=2,
             color=colours[method.label],
-            label=method.label,
+            label=_legend_label(method.label),
         )
     ax.set_xticks(x, tasks, rotation=45, ha="right", fontsize="small")
     ax.set_ylabel("final success (%)")
@@ -830,7 +836,10 @@ def plot_alpha(group: Group, colours: Mapping[str, Any], path: Path) -> None:
         for method in group.methods:
             if method.label not in in_series:
                 ax.axhline(
-                    value(method) * 100, color=colours[method.label], linestyle="--", label=method.label
+                    value(method) * 100,
+                    color=colours[method.label],
+                    linestyle="--",
+                    label=_legend_label(method.label),
                 )
         if log_x:
             ax.set_xscale("log")

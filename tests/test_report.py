@@ -509,3 +509,27 @@ def test_out_must_not_be_a_file(tmp_path: Path, capsys: pytest.CaptureFixture[st
     assert code == 2
     assert stderr.startswith("error: ")
     assert "not a directory" in stderr
+
+
+@pytest.mark.filterwarnings("error::UserWarning")  # matplotlib warns when a layout collapses the axes
+def test_long_method_labels_keep_the_plots_readable(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for seed, (tau, lr) in enumerate([(0.005, 3e-4), (0.01, 1e-3), (0.02, 3e-3)]):
+        agent = {
+            "hidden_sizes": [400 + seed] * 3,
+            "tau": tau,
+            "actor_lr": lr,
+            "critic_lr": lr,
+            "temperature_lr": lr,
+            "batch_size_per_task": 128 + seed,
+            "buffer_size_per_task": 100_000 + seed,
+            "gamma": 0.99 - seed / 100,
+        }
+        finished(tmp_path / "runs" / f"r{seed}", FAIRGRAD, seed, [1.0, 0.5, 0.0], agent=agent)
+    out = tmp_path / "out"
+    assert run_main(capsys, tmp_path / "runs", "--out", out)[0] == 0
+    text = (out / "report.md").read_text()
+    assert "agent.tau=0.01, agent.temperature_lr=0.001)" in text
+    for name in ("curves.png", "per_task.png"):
+        assert_png(out / name)
