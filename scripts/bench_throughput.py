@@ -96,25 +96,44 @@ def env_only_rate(env: Any, iterations: int) -> float:
     return iterations / (time.perf_counter() - start)
 
 
-def measure_mtsac(
-    agent: MTSAC, iterations: int, update_repeats: int, warmup: int
+def time_training(
+    warm_up: Callable[[], object],
+    train: Callable[[], object],
+    one_update: Callable[[], object],
+    iterations: int,
+    update_repeats: int,
+    device: torch.device,
 ) -> tuple[float, list[float]]:
-    """The training loop's iterations/s, and the times (ms) of ``update_repeats`` single updates."""
-    device = agent.device
-    agent.learn(warmup * agent.num_tasks)  # random warm-up steps, then a few updates (compilation, caches)
+    """Iterations/s of ``train`` (``iterations`` of them) after ``warm_up``, then ``one_update`` times (ms)."""
+    warm_up()
     sync(device)
     start = time.perf_counter()
-    agent.learn(iterations * agent.num_tasks)
+    train()
     sync(device)
     rate = iterations / (time.perf_counter() - start)
     times = []
     for _ in range(update_repeats):
         sync(device)
         begin = time.perf_counter()
-        agent.update(agent.replay_buffer.sample(agent.config.batch_size_per_task))
+        one_update()
         sync(device)
         times.append((time.perf_counter() - begin) * 1e3)
     return rate, times
+
+
+def measure_mtsac(
+    agent: MTSAC, iterations: int, update_repeats: int, warmup: int
+) -> tuple[float, list[float]]:
+    """The training loop's iterations/s, and the times (ms) of ``update_repeats`` single updates."""
+    return time_training(
+        # Random warm-up steps, then a few updates (caches, allocator) before timing.
+        lambda: agent.learn(warmup * agent.num_tasks),
+        lambda: agent.learn(iterations * agent.num_tasks),
+        lambda: agent.update(agent.replay_buffer.sample(agent.config.batch_size_per_task)),
+        iterations,
+        update_repeats,
+        agent.device,
+    )
 
 
 def measure_sb3_sac(
@@ -147,21 +166,17 @@ def measure_sb3_sac(
         seed=seed,
         device=device,
     )
-    model.learn(warmup * num_tasks)
-    sync(device)
-    start = time.perf_counter()
-    model.learn(iterations * num_tasks, reset_num_timesteps=False)
-    sync(device)
-    rate = iterations / (time.perf_counter() - start)
-    times = []
-    for _ in range(update_repeats):
-        sync(device)
-        begin = time.perf_counter()
-        model.train(gradient_steps=1, batch_size=128 * num_tasks)
-        sync(device)
-        times.append((time.perf_counter() - begin) * 1e3)
-    env.close()
-    return rate, times
+    try:
+        return time_training(
+            lambda: model.learn(warmup * num_tasks),
+            lambda: model.learn(iterations * num_tasks, reset_num_timesteps=False),
+            lambda: model.train(gradient_steps=1, batch_size=128 * num_tasks),
+            iterations,
+            update_repeats,
+            device,
+        )
+    finally:
+        env.close()
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
