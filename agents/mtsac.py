@@ -19,7 +19,8 @@ import dataclasses
 import math
 import os
 import time
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
@@ -88,6 +89,14 @@ class MTSACConfig:
     """Compute per-task gradients this many tasks at a time (bounds memory for MT50); None: all."""
     max_consecutive_skips: int = 100
     """Stop training after this many updates in a row had a non-finite loss or gradient."""
+    cuda_graph: bool = False
+    """On CUDA, record the update once as a CUDA graph and replay it every iteration.
+
+    One launch replaces the hundreds of small kernels of an eager update, which is launch-bound on
+    a GPU. The first updates run eagerly (on a side stream, to warm up), the iterations that
+    compute diagnostics run eagerly, and a combiner whose solve cannot be captured falls back to
+    the eager update with a warning. Ignored on the CPU.
+    """
     overlap_env_steps: bool = False
     """Step the envs in a background thread while the update runs (after warm-up).
 
@@ -293,12 +302,17 @@ class MTSAC:
         )
         # Fused Adam skips a step on the device when its found_inf flag is set (the mechanism AMP's
         # GradScaler uses): a non-finite update is dropped without reading anything back to the host.
-        self.actor_optimizer = torch.optim.Adam(self.actor.parameters(), lr=self.config.actor_lr, fused=True)
+        # A captured update needs the optimizers' step counts on the device (capturable).
+        self._use_graph = self.config.cuda_graph and self.device.type == "cuda"
+        capturable = self._use_graph
+        self.actor_optimizer = torch.optim.Adam(
+            self.actor.parameters(), lr=self.config.actor_lr, fused=True, capturable=capturable
+        )
         self.critic_optimizer = torch.optim.Adam(
-            self.critic.parameters(), lr=self.config.critic_lr, fused=True
+            self.critic.parameters(), lr=self.config.critic_lr, fused=True, capturable=capturable
         )
         self.temperature_optimizer = torch.optim.Adam(
-            [self.log_alpha], lr=self.config.temperature_lr, fused=True
+            [self.log_alpha], lr=self.config.temperature_lr, fused=True, capturable=capturable
         )
 
         if isinstance(combiner, str):
@@ -333,6 +347,9 @@ class MTSAC:
         self._longest_skip_run = torch.zeros((), dtype=torch.int64, device=self.device)
         self._bad_tasks = torch.zeros(self.num_tasks, dtype=torch.bool, device=self.device)
         self._bad_iteration = torch.zeros((), dtype=torch.int64, device=self.device)
+        # The iteration an update belongs to, on the device, so that a captured update reads it.
+        self._iteration_on_device = torch.zeros((), dtype=torch.int64, device=self.device)
+        self._graph: UpdateGraph | None = None
 
     # ----------------------------------------------------------------------------------------------
     # Acting
@@ -383,6 +400,13 @@ class MTSAC:
 
     def update(self, batch: TaskBatch, *, diagnostics: bool = False) -> UpdateStats:
         """One SAC update on a ``(K, B, ...)`` batch: critic, then actor and temperature, then targets."""
+        self._iteration_on_device.fill_(self.iteration)
+        stats = self._update_tensors(batch, diagnostics)
+        self.updates += 1
+        return stats
+
+    def _update_tensors(self, batch: TaskBatch, diagnostics: bool) -> UpdateStats:
+        """The update as tensor operations only, with its state changed in place: capturable."""
         cfg = self.config
         num_tasks, batch_size = batch.reward.shape
         obs, next_obs = self._net_obs(batch.obs), self._net_obs(batch.next_obs)
@@ -452,7 +476,6 @@ class MTSAC:
 
         polyak_update(self.critic.parameters(), self.critic_target.parameters(), cfg.tau)
         self._count_skip(update_ok, critic.losses, actor.losses)
-        self.updates += 1
         return UpdateStats(
             critic_loss=critic.losses,
             actor_loss=actor.losses,
@@ -467,13 +490,14 @@ class MTSAC:
         )
 
     def _count_skip(self, ok: Tensor, critic_loss: Tensor, actor_loss: Tensor) -> None:
-        """Book-keeping of skipped updates, as tensor ops (no host synchronisation)."""
+        """Book-keeping of skipped updates, as in-place tensor ops (no host synchronisation, and a
+        captured update's replays carry it from one to the next)."""
         self._skipped += (~ok).long()
-        self._consecutive_skips = torch.where(ok, 0, self._consecutive_skips + 1)
-        self._longest_skip_run = torch.maximum(self._longest_skip_run, self._consecutive_skips)
+        self._consecutive_skips.copy_(torch.where(ok, 0, self._consecutive_skips + 1))
+        torch.maximum(self._longest_skip_run, self._consecutive_skips, out=self._longest_skip_run)
         bad = ~(torch.isfinite(critic_loss) & torch.isfinite(actor_loss))
-        self._bad_tasks = torch.where(ok, self._bad_tasks, bad)
-        self._bad_iteration = torch.where(ok, self._bad_iteration, self.iteration)
+        self._bad_tasks.copy_(torch.where(ok, self._bad_tasks, bad))
+        self._bad_iteration.copy_(torch.where(ok, self._bad_iteration, self._iteration_on_device))
 
     @property
     def skipped_updates(self) -> int:
@@ -615,10 +639,34 @@ class MTSAC:
         """The update of ``iteration``: a fresh batch, diagnostics when due, a periodic numerics check."""
         batch = self.replay_buffer.sample(self.config.batch_size_per_task)
         due = self.diagnostics_every > 0 and iteration % self.diagnostics_every == 0
-        stats = self.update(batch, diagnostics=due)
+        self._iteration_on_device.fill_(iteration)
+        if self._use_graph and not due:
+            stats = self._graphed_update(batch)
+        else:
+            stats = self._update_tensors(batch, due)
+        self.updates += 1
         if iteration % _NUMERICS_CHECK_EVERY == 0:
             self.check_numerics()
         return stats
+
+    def _graphed_update(self, batch: TaskBatch) -> UpdateStats:
+        """The update through its CUDA graph: warm up, capture once, then replay."""
+        if self._graph is None:
+            self._graph = UpdateGraph(self.device)
+        graph = self._graph
+        if graph.failed:
+            return self._update_tensors(batch, False)
+        if graph.warm_ups < _GRAPH_WARMUP_UPDATES:  # also after a resume: this process has not run one
+            return graph.warm_up(lambda: self._update_tensors(batch, False))
+        if graph.stats is None and not graph.capture(batch, self._update_tensors, self.combiners.values()):
+            warnings.warn(
+                f"the update with {self.combiners['critic']!r} could not be captured in a CUDA graph "
+                f"({graph.failure}); training goes on with the eager update",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+            return self._update_tensors(batch, False)
+        return graph.replay(batch)
 
     # ----------------------------------------------------------------------------------------------
     # Saving and loading
@@ -679,6 +727,7 @@ class MTSAC:
         self.iteration = int(counters["iteration"])
         self.num_timesteps = int(counters["num_timesteps"])
         self.updates = int(counters["updates"])
+        self._graph = None  # the restored tensors are new ones: capture again
         if "replay_buffer" in state:
             self.replay_buffer.load_state_dict(state["replay_buffer"])
         self._last_obs = None  # simulator states are not saved: the next learn() starts new episodes
@@ -738,6 +787,76 @@ class MTSAC:
             f"MTSAC(tasks={self.num_tasks}, combiner={self.combiners['critic']!r}, "
             f"combine={list(self.config.combine)}, device={self.device})"
         )
+
+
+# Eager updates before the capture: they allocate the optimizers' state and warm up cuBLAS, Triton
+# and the allocator on a side stream, as CUDA graph capture requires.
+_GRAPH_WARMUP_UPDATES = 3
+
+
+class UpdateGraph:
+    """One update recorded as a CUDA graph: static batch tensors in, static statistics out.
+
+    Everything the update changes (weights, optimizer moments and steps, target networks,
+    temperatures, skip counters, combiner state) is changed in place, so each replay continues
+    from the last. The batch is sampled outside the graph (the buffer's fill level changes every
+    iteration) and copied into the static tensors. The statistics returned by :meth:`replay` are the
+    same tensors every time, overwritten by the next replay.
+    """
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.graph: torch.cuda.CUDAGraph | None = None
+        self.batch: TaskBatch | None = None
+        self.stats: UpdateStats | None = None
+        self.failed = False
+        self.failure = ""
+        self.warm_ups = 0
+        self._side_stream: torch.cuda.Stream | None = None
+
+    def warm_up(self, update: Callable[[], UpdateStats]) -> UpdateStats:
+        """Run one eager update on a side stream (a real update, not a rehearsal)."""
+        if self._side_stream is None:
+            self._side_stream = torch.cuda.Stream(self.device)
+        current = torch.cuda.current_stream(self.device)
+        self._side_stream.wait_stream(current)
+        with torch.cuda.stream(self._side_stream):
+            stats = update()
+        current.wait_stream(self._side_stream)
+        self.warm_ups += 1
+        return stats
+
+    def capture(
+        self,
+        batch: TaskBatch,
+        update: Callable[[TaskBatch, bool], UpdateStats],
+        combiners: Iterable[Combiner],
+    ) -> bool:
+        """Record ``update`` on static copies of ``batch``; False (and ``failure``) if it cannot be."""
+        self.batch = TaskBatch(*(tensor.clone() for tensor in batch))
+        graph = torch.cuda.CUDAGraph()
+        for combiner in combiners:  # a combiner's own generator (PCGrad) must advance on each replay
+            generator = getattr(combiner, "generator", None)
+            if callable(generator):
+                graph.register_generator_state(generator(self.device))
+        try:
+            with torch.cuda.graph(graph):
+                self.stats = update(self.batch, False)
+        except Exception as error:  # any failure falls back to the eager update, with its reason
+            self.failed, self.failure = True, (str(error).splitlines() or [type(error).__name__])[0]
+            self.stats = None
+            return False
+        self.graph = graph
+        return True
+
+    def replay(self, batch: TaskBatch) -> UpdateStats:
+        assert self.graph is not None
+        assert self.batch is not None
+        assert self.stats is not None
+        for static, fresh in zip(self.batch, batch, strict=True):
+            static.copy_(fresh)
+        self.graph.replay()
+        return self.stats
 
 
 class NonFiniteUpdateError(RuntimeError):
