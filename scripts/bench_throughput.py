@@ -4,8 +4,10 @@ One iteration steps every task's env once and makes one update, so a run of 2M i
 literature's "2M steps". Measured in one run, side by side, on the same vector env:
 
 - ``env_only``: random actions, no learning: the floor, the fastest any trainer can go;
-- ``mtsac/<combiner>``: our ``MTSAC`` for each combiner (``mean`` is plain multi-task SAC), and
-  with ``--overlap`` also ``mtsac/<combiner>+overlap`` (envs stepped in a thread during the update);
+- ``mtsac/<combiner>``: our ``MTSAC`` for each combiner (``mean`` is plain multi-task SAC), with
+  ``--overlap`` also ``mtsac/<combiner>+overlap`` (envs stepped in a thread during the update), and
+  with ``--cuda-graph`` also ``mtsac/<combiner>+graph`` (the update replayed from a CUDA graph, with
+  the overlap too when ``--overlap`` is given);
 - ``sb3_sac``: Stable-Baselines3's ``SAC`` on the same 10-task vector env (one gradient step on a
   batch of 128 per task per env step, the same 3×400 networks): what a user gets today;
 - ``paper_rl/fairgrad``: the published FairGrad RL code's update path, reimplemented here as a
@@ -129,7 +131,8 @@ def measure_mtsac(
         # Random warm-up steps, then a few updates (caches, allocator) before timing.
         lambda: agent.learn(warmup * agent.num_tasks),
         lambda: agent.learn(iterations * agent.num_tasks),
-        lambda: agent.update(agent.replay_buffer.sample(agent.config.batch_size_per_task)),
+        # The update as learn() runs it: a fresh batch, then the eager or the graphed update.
+        lambda: agent._update_from_buffer(agent.iteration),
         iterations,
         update_repeats,
         agent.device,
@@ -199,6 +202,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="also time each combiner with agent.overlap_env_steps (envs stepped during the update)",
     )
+    parser.add_argument(
+        "--cuda-graph",
+        action="store_true",
+        help="also time each combiner with agent.cuda_graph (the update replayed from a CUDA graph; CUDA only)",
+    )
     parser.add_argument("--no-sb3", action="store_true", help="skip SB3's SAC")
     parser.add_argument("--no-paper", action="store_true", help="skip the published RL code's path")
     parser.add_argument("--seed", type=int, default=0)
@@ -209,6 +217,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     device = torch.device(args.device)
+    if args.cuda_graph and device.type != "cuda":
+        print("error: --cuda-graph needs a CUDA device (--device cuda)", file=sys.stderr)
+        return 2
     env = make_vector_env(args.benchmark, args.tasks, seed=args.seed, vector_strategy=args.vector_strategy)
     num_tasks = env.num_envs
     print(
@@ -234,6 +245,11 @@ def main(argv: list[str] | None = None) -> int:
             overlapped = dataclasses.replace(config, overlap_env_steps=True)
             agents[f"mtsac/{name}+overlap"] = MTSAC(
                 env, combiner=name, config=overlapped, device=device, seed=args.seed
+            )
+        if args.cuda_graph:
+            graphed = dataclasses.replace(config, cuda_graph=True, overlap_env_steps=args.overlap)
+            agents[f"mtsac/{name}+graph"] = MTSAC(
+                env, combiner=name, config=graphed, device=device, seed=args.seed
             )
     if not args.no_paper:
         agents["paper_rl/fairgrad"] = PaperPathMTSAC(
