@@ -147,8 +147,7 @@ def _precheck(overrides: list[str]) -> str | None:
     from mtrl_fair.training import check_new_run_dir
 
     sweep = bool(flags)
-    # hydra.* and hydra/* (launcher, sweeper) overrides configure Hydra, not the run.
-    task_overrides = [o for o in overrides if not o.startswith(("-", "hydra.", "hydra/"))]
+    task_overrides = _task_overrides(overrides)
     GlobalHydra.instance().clear()
     try:
         with initialize_config_module(config_module="mtrl_fair.configs", version_base="1.3"):
@@ -170,6 +169,11 @@ def _precheck(overrides: list[str]) -> str | None:
     finally:
         GlobalHydra.instance().clear()
     return None
+
+
+def _task_overrides(overrides: list[str]) -> list[str]:
+    """The overrides of the run itself: flags and hydra.* / hydra/* (launcher, sweeper) configure Hydra."""
+    return [o for o in overrides if not o.startswith(("-", "hydra.", "hydra/"))]
 
 
 def _sweep_jobs(overrides: list[str]) -> list[list[str]]:
@@ -197,8 +201,7 @@ def _sweep_dirname_override(overrides: list[str]) -> list[str]:
 
     if any(o.startswith("hydra.job.config.override_dirname.exclude_keys=") for o in overrides):
         return []
-    task_overrides = [o for o in overrides if not o.startswith(("-", "hydra.", "hydra/"))]
-    parsed = OverridesParser.create().parse_overrides(task_overrides)
+    parsed = OverridesParser.create().parse_overrides(_task_overrides(overrides))
     fixed = [o.key_or_group for o in parsed if not o.is_sweep_override()]
     keys = list(dict.fromkeys([*_NOT_IN_RUN_NAME, *fixed]))
     return [f"hydra.job.config.override_dirname.exclude_keys=[{','.join(keys)}]"]

@@ -356,7 +356,7 @@ def load_runs(
     # so their differences (network sizes, lengths) must not lengthen each other's labels.
     groups: dict[tuple[str, tuple[str, ...]], list[int]] = {}
     for index, run in enumerate(runs):
-        groups.setdefault((run.benchmark, tuple(sorted(run.tasks))), []).append(index)
+        groups.setdefault(_group_key(run), []).append(index)
     labelled = list(runs)
     for members in groups.values():
         labels = label_methods([(runs[i].combiner, runs[i].agent, runs[i].steps) for i in members])
@@ -662,11 +662,16 @@ class Group:
         return [run for m in self.methods for run in m.runs]
 
 
+def _group_key(run: RunRecord) -> tuple[str, tuple[str, ...]]:
+    """Runs are compared only within one benchmark and task set."""
+    return run.benchmark, tuple(sorted(run.tasks))
+
+
 def group_runs(runs: Sequence[RunRecord], *, reps: int, confidence: float, seed: int) -> list[Group]:
     """Runs split by (benchmark, task set), each part summarised per method."""
     parts: dict[tuple[str, tuple[str, ...]], list[RunRecord]] = {}
     for run in runs:
-        parts.setdefault((run.benchmark, tuple(sorted(run.tasks))), []).append(run)
+        parts.setdefault(_group_key(run), []).append(run)
     keys = sorted(parts, key=lambda k: (k[0], len(k[1]), k[1]))
     slugs: list[str] = []
     for benchmark, task_set in keys:

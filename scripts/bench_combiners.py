@@ -137,10 +137,8 @@ def paper_sgd_weights(gram_cpu: Tensor, alpha: float = FAIRGRAD_ALPHA) -> Tensor
     return w_best
 
 
-def paper_rl_backward(critic: nn.Module, x: Tensor, y: Tensor) -> None:
-    """K separate backward passes → rows → Gram on the CPU → SGD solve → ``.grad``."""
-    params = list(critic.parameters())
-    losses = task_losses(critic, x, y)
+def paper_rl_write_grads(losses: Tensor, params: list[Tensor]) -> Tensor:
+    """K separate backward passes → rows → Gram on the CPU → SGD solve → ``.grad``; the weights."""
     num_tasks = losses.shape[0]
     rows = []
     for k in range(num_tasks):
@@ -154,6 +152,12 @@ def paper_rl_backward(critic: nn.Module, x: Tensor, y: Tensor) -> None:
     for param in params:
         param.grad = direction[offset : offset + param.numel()].view_as(param).data
         offset += param.numel()
+    return weights
+
+
+def paper_rl_backward(critic: nn.Module, x: Tensor, y: Tensor) -> None:
+    """The published RL code's combined backward of the critic's per-task losses."""
+    paper_rl_write_grads(task_losses(critic, x, y), list(critic.parameters()))
 
 
 # --------------------------------------------------------------------------------------------------

@@ -12,7 +12,7 @@ literature's "2M steps". Measured in one run, side by side, on the same vector e
   batch of 128 per task per env step, the same 3×400 networks): what a user gets today;
 - ``paper_rl/fairgrad``: the published FairGrad RL code's update path, reimplemented here as a
   reference: the same losses, but K separate backward passes per loss, the Gram matrix copied to
-  the CPU, and 20 SGD steps for the weights (from ``bench_combiners.py``).
+  the CPU, and 20 SGD steps for the weights (``bench_combiners.paper_rl_write_grads``).
 
 For each, ``update_ms`` is the median time of one update (sample + critic + actor + temperature +
 targets, with the device synchronised), and ``iterations_per_s`` the end-to-end rate of the training
@@ -40,7 +40,7 @@ import torch
 from torch import Tensor
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling benchmark's reference solver
-from bench_combiners import paper_sgd_weights
+from bench_combiners import paper_rl_write_grads
 
 from mtrl_fair.agents import MTSAC, MTSACConfig
 from mtrl_fair.envs import make_vector_env
@@ -67,18 +67,7 @@ class PaperPathMTSAC(MTSAC):
         if not self._is_combined(group):
             return super()._backward_with_aux(group, loss_fn, params, task_batch, diagnostics)
         losses, aux = loss_fn(params, task_batch)
-        tensors = list(params.values())
-        rows = []
-        for k in range(losses.shape[0]):
-            grads = torch.autograd.grad(losses[k], tensors, retain_graph=True)
-            rows.append(torch.cat([g.reshape(-1) for g in grads]))
-        jacobian = torch.stack(rows)
-        weights = paper_sgd_weights((jacobian @ jacobian.T).cpu()).to(jacobian.device)
-        direction = weights @ jacobian
-        offset = 0
-        for tensor in tensors:
-            tensor.grad = direction[offset : offset + tensor.numel()].view_as(tensor).clone()
-            offset += tensor.numel()
+        weights = paper_rl_write_grads(losses, list(params.values()))
         return CombinedGradient(losses.detach(), weights), aux
 
 
