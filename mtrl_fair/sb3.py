@@ -35,7 +35,7 @@ import torch
 from stable_baselines3 import SAC, TD3
 from stable_baselines3.common.buffers import ReplayBuffer
 from stable_baselines3.common.type_aliases import ReplayBufferSamples
-from stable_baselines3.common.utils import get_device, polyak_update
+from stable_baselines3.common.utils import polyak_update
 from stable_baselines3.common.vec_env import VecEnv
 from torch import Tensor, nn
 from torch.func import functional_call, vmap
@@ -231,6 +231,7 @@ def combined_backward(
     combiner: Combiner,
     *,
     diagnostics: bool = False,
+    batched_loss: Callable[[], Tensor] | None = None,
 ) -> CombinedGradient:
     """Write the combined per-task gradient of ``module``'s parameters into their ``.grad``.
 
@@ -239,14 +240,28 @@ def combined_backward(
     first (e.g. from :func:`sample_per_task`). Call ``optimizer.step()`` afterwards. The ``mean``
     combiner gives exactly the gradient of the mean of the task losses (and takes that shortcut:
     one backward pass instead of per-task gradients, unless ``diagnostics`` asks for them).
+
+    ``batched_loss()``, optional, returns the same loss for every task at once, ``(K,)``, computed
+    with ``module`` itself on the whole batch; the ``mean`` shortcut then uses it instead of
+    ``vmap(loss_fn)``, which saves their Python overhead (most of a small update's time on a GPU).
     """
 
     def with_aux(params: dict[str, Tensor], task: Any) -> tuple[Tensor, Tensor]:
         loss = loss_fn(params, task)
         return loss, loss.detach()
 
+    def batched_with_aux() -> tuple[Tensor, Tensor]:
+        assert batched_loss is not None
+        losses = batched_loss()
+        return losses, losses.detach()
+
     result, _ = _backward_with_aux(
-        with_aux, dict(module.named_parameters()), task_batch, combiner, diagnostics
+        with_aux,
+        dict(module.named_parameters()),
+        task_batch,
+        combiner,
+        diagnostics,
+        batched_loss=None if batched_loss is None else batched_with_aux,
     )
     return result
 
@@ -257,11 +272,19 @@ def _backward_with_aux(
     task_batch: Any,
     combiner: Combiner,
     diagnostics: bool = False,
+    batched_loss: Callable[[], tuple[Tensor, Any]] | None = None,
 ) -> tuple[CombinedGradient, Any]:
+    """``batched_loss()``, when given, is ``loss_fn`` on the whole ``(K, B, ...)`` batch with the
+    parameters as they are, returning the ``(K,)`` task losses: the ``mean`` path then skips
+    ``vmap`` and ``functional_call``, whose Python overhead dominates a GPU update."""
     if isinstance(combiner, Mean) and not diagnostics:
         # The mean of the task losses, from one batched forward and one backward pass.
-        losses, aux = vmap(loss_fn, in_dims=(None, 0), randomness="error")(dict(params), task_batch)
-        losses.mean().backward()
+        if batched_loss is not None:
+            losses, aux = batched_loss()
+        else:
+            losses, aux = vmap(loss_fn, in_dims=(None, 0), randomness="error")(dict(params), task_batch)
+        # inputs=: gradients reach these parameters only (not, e.g., a critic the actor loss reads).
+        losses.mean().backward(inputs=list(params.values()))
         num_tasks = losses.shape[0]
         return CombinedGradient(losses.detach(), losses.new_full((num_tasks,), 1.0 / num_tasks)), aux
     return backward_per_task_func(
@@ -353,20 +376,55 @@ class _ActorDistribution(nn.Module):
         return mean.reshape(*lead, -1), log_std.reshape(*lead, -1)
 
 
+QFunction = Callable[[Tensor, Tensor], Sequence[Tensor]]
+
+
+def _rows(x: Tensor) -> Tensor:
+    # SB3's critic concatenates features and actions along dim 1: give it rows.
+    return x.reshape(-1, x.shape[-1])
+
+
+def sac_critic_loss(critic: QFunction, observations: Tensor, actions: Tensor, target_q: Tensor) -> Tensor:
+    """``½ Σ_i mean_b (Q_i(s, a) − y)²`` per task: ``(K,)`` from ``(K, B, ·)`` inputs, a scalar from
+    one task's ``(B, ·)`` (inside ``vmap``), so the mean and the per-task paths share one formula."""
+    loss = target_q.new_zeros(target_q.shape[:-1])
+    for q in critic(_rows(observations), _rows(actions)):
+        loss = loss + ((q.reshape(target_q.shape) - target_q) ** 2).mean(-1)
+    return 0.5 * loss
+
+
+def sac_actor_loss(
+    actor: Callable[[Tensor], tuple[Tensor, Tensor]],
+    critic: QFunction,
+    observations: Tensor,
+    noise: Tensor,
+    ent_coef: Tensor,
+) -> tuple[Tensor, Tensor]:
+    """``mean_b (α log π(a|s) − min_i Q_i(s, a))`` per task with ``a`` the reparameterised sample, and
+    the mean log-density (for the temperature); shapes as for :func:`sac_critic_loss`."""
+    mean, log_std = actor(observations)
+    actions, log_prob = squashed_gaussian(mean, log_std, noise)
+    q_values = torch.cat(tuple(critic(_rows(observations), _rows(actions))), dim=1)
+    min_q = q_values.min(dim=1).values.reshape(log_prob.shape)
+    return (ent_coef * log_prob - min_q).mean(-1), log_prob.mean(-1).detach()
+
+
+def _with_params(module: nn.Module, params: dict[str, Tensor]) -> Callable[..., Any]:
+    return lambda *inputs: functional_call(module, params, inputs)
+
+
 # ------------------------------------------------------------------------------------------------
 # SAC
 # ------------------------------------------------------------------------------------------------
 
 
-def _fused_adam_on_cuda(kwargs: dict[str, Any]) -> dict[str, Any]:
-    """SB3's keyword arguments with fused Adam for the policy's optimizers when training on CUDA.
+def _fused_adam(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """SB3's keyword arguments with fused Adam for the policy's optimizers, as our own agent uses.
 
-    One kernel per optimizer step instead of several per parameter group: the update is
+    The same Adam, in one kernel per optimizer step instead of several per parameter: the update is
     launch-bound on a GPU. A ``policy_kwargs`` that names its own optimizer or its arguments is
     left as it is.
     """
-    if get_device(kwargs.get("device", "auto")).type != "cuda":
-        return kwargs
     policy_kwargs = dict(kwargs.get("policy_kwargs") or {})
     if "optimizer_class" in policy_kwargs or "optimizer_kwargs" in policy_kwargs:
         return kwargs
@@ -408,7 +466,7 @@ class MultiTaskSAC(SAC):
             combiner, combiner_kwargs, combine, self.LOSS_GROUPS
         )
         self.per_task_temperature = per_task_temperature
-        super().__init__(policy, env, **_fused_adam_on_cuda(kwargs))
+        super().__init__(policy, env, **_fused_adam(kwargs))
 
     def _setup_model(self) -> None:
         super()._setup_model()
@@ -425,8 +483,10 @@ class MultiTaskSAC(SAC):
             self.log_ent_coef = torch.full(
                 (self.num_tasks,), np.log(init), device=self.device, requires_grad=True
             )
+        if self.ent_coef_optimizer is not None and self.log_ent_coef is not None:
+            # SB3's own choice, fused like the policy's (SB3's non-fused Adam runs ~6 kernels here).
             self.ent_coef_optimizer = torch.optim.Adam(
-                [self.log_ent_coef], lr=self.lr_schedule(1), fused=self.device.type == "cuda"
+                [self.log_ent_coef], lr=self.lr_schedule(1), fused=True
             )
 
     def _excluded_save_params(self) -> list[str]:
@@ -495,35 +555,39 @@ class MultiTaskSAC(SAC):
             target = batch.rewards.squeeze(-1) + (1.0 - batch.dones.squeeze(-1)) * self.gamma * next_q
 
         def critic_loss(params: dict[str, Tensor], task: tuple[Tensor, Tensor, Tensor]) -> Tensor:
-            obs, actions, target_q = task
-            q_values = functional_call(self.critic, params, (obs, actions))
-            return 0.5 * sum(((q.squeeze(-1) - target_q) ** 2).mean() for q in q_values)
+            return sac_critic_loss(_with_params(self.critic, params), *task)
 
-        self.critic.optimizer.zero_grad()
+        critic_params = dict(self.critic.named_parameters())
         critic_batch = (batch.observations, batch.actions, target)
-        critic = combined_backward(critic_loss, self.critic, critic_batch, self._combiner_for("critic"))
-        self.critic.optimizer.step()
-        _after_step(
-            self._combiner_for("critic"), critic_loss, dict(self.critic.named_parameters()), critic_batch
+        self.critic.optimizer.zero_grad()
+        critic = combined_backward(
+            critic_loss,
+            self.critic,
+            critic_batch,
+            self._combiner_for("critic"),
+            batched_loss=lambda: sac_critic_loss(self.critic, *critic_batch),
         )
+        self.critic.optimizer.step()
+        _after_step(self._combiner_for("critic"), critic_loss, critic_params, critic_batch)
 
-        frozen_critic = {name: p.detach() for name, p in self.critic.named_parameters()}
+        # The actor loss reads the critic without training it: no gradient for the critic's weights.
+        frozen_critic = _with_params(self.critic, {name: p.detach() for name, p in critic_params.items()})
         actor_params = dict(self._actor_distribution.named_parameters())
 
         def actor_loss(
             params: dict[str, Tensor], task: tuple[Tensor, Tensor, Tensor]
         ) -> tuple[Tensor, Tensor]:
-            obs, eps, alpha = task
-            mean, log_std = functional_call(self._actor_distribution, params, (obs,))
-            actions, log_prob = squashed_gaussian(mean, log_std, eps)
-            q_values = torch.cat(functional_call(self.critic, frozen_critic, (obs, actions)), dim=1)
-            loss = (alpha * log_prob - q_values.min(dim=1).values).mean()
-            return loss, log_prob.mean().detach()
+            return sac_actor_loss(_with_params(self._actor_distribution, params), frozen_critic, *task)
 
-        self.actor.optimizer.zero_grad()
         actor_batch = (batch.observations, noise[1], ent_coef_column)
+        self.actor.optimizer.zero_grad()
         actor, mean_log_prob = _backward_with_aux(
-            actor_loss, actor_params, actor_batch, self._combiner_for("actor")
+            actor_loss,
+            actor_params,
+            actor_batch,
+            self._combiner_for("actor"),
+            # The module itself: backward(inputs=actor params) leaves the critic's weights alone.
+            batched_loss=lambda: sac_actor_loss(self._actor_distribution, self.critic, *actor_batch),
         )
         self.actor.optimizer.step()
         _after_step(self._combiner_for("actor"), lambda p, t: actor_loss(p, t)[0], actor_params, actor_batch)
@@ -571,7 +635,7 @@ class MultiTaskTD3(TD3):
         self.combiner_name, self.combiner_kwargs, self.combine = _combiner_settings(
             combiner, combiner_kwargs, combine, self.LOSS_GROUPS
         )
-        super().__init__(policy, env, **_fused_adam_on_cuda(kwargs))
+        super().__init__(policy, env, **_fused_adam(kwargs))
 
     def _setup_model(self) -> None:
         super()._setup_model()

@@ -7,6 +7,10 @@ every one of them once) and the medians are reported, so the ratios are side by 
 ``SAC`` on the same total batch is the reference for what SB3 costs without any combiner.
 
     python scripts/bench_sb3_update.py --device cpu --json docs/results/sb3_update_cpu.json
+
+A GPU update of these shapes is bound by kernel launches and Python, not arithmetic. The same
+overhead shows on a CPU once the arithmetic is taken away (``--hidden-size 32 --batch-per-task 1``,
+one thread): a proxy for the GPU ratio that needs no GPU.
 """
 
 from __future__ import annotations
@@ -62,6 +66,7 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--tasks", type=int, default=10)
     parser.add_argument("--batch-per-task", type=int, default=128)
+    parser.add_argument("--hidden-size", type=int, default=400, help="width of the 3 hidden layers")
     parser.add_argument("--combiners", nargs="+", default=["mean", "fairgrad"])
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--warmup", type=int, default=3)
@@ -72,7 +77,8 @@ def main() -> None:
     num_tasks, obs_dim, size = args.tasks, 39 + args.tasks, 2_000
     rng = np.random.default_rng(0)
     env = DummyVecEnv([lambda: ShapesOnlyEnv(obs_dim) for _ in range(num_tasks)])
-    net = {"net_arch": [400, 400, 400]}
+    hidden = (args.hidden_size,) * 3
+    net = {"net_arch": list(hidden)}
     batch_size = num_tasks * args.batch_per_task
 
     methods: dict[str, Callable[[], None]] = {}
@@ -82,7 +88,9 @@ def main() -> None:
             observation_space=env.observation_space,
             action_space=env.action_space,
             combiner=name,
-            config=MTSACConfig(batch_size_per_task=args.batch_per_task, buffer_size_per_task=size),
+            config=MTSACConfig(
+                batch_size_per_task=args.batch_per_task, buffer_size_per_task=size, hidden_sizes=list(hidden)
+            ),
             device=device,
         )
         obs = rng.standard_normal((size, num_tasks, obs_dim))
@@ -144,7 +152,8 @@ def main() -> None:
     for name, values in times.items():
         records.append({
             "device": str(device), "K": num_tasks, "method": name, "what": "update",
-            "ms_median": statistics.median(values), "ms_values": values, "batch_per_task": args.batch_per_task,
+            "ms_median": statistics.median(values), "ms_values": values,
+            "batch_per_task": args.batch_per_task, "hidden_size": args.hidden_size,
             "torch": torch.__version__, "threads": torch.get_num_threads(), "cpu": platform.machine(),
         })  # fmt: skip
     print(

@@ -64,3 +64,29 @@ def test_bench_throughput_quick(tmp_path: Path) -> None:
         assert row["iterations_per_s"] > 0
         assert row["update_ms"] > 0
         assert len(row["update_ms_values"]) == 2
+
+
+SB3_UPDATE = SCRIPT.parent / "bench_sb3_update.py"
+
+
+def test_bench_sb3_update_quick(tmp_path: Path) -> None:
+    out = tmp_path / "sb3_update.json"
+    command = [sys.executable, str(SB3_UPDATE), "--device", "cpu", "--tasks", "2", "--hidden-size", "16"]
+    command += ["--batch-per-task", "2", "--repeats", "2", "--warmup", "1", "--json", str(out)]
+    completed = subprocess.run(command, capture_output=True, text=True, timeout=300, check=False)
+    assert completed.returncode == 0, completed.stderr
+    records = json.loads(out.read_text())
+    methods = {record["method"] for record in records}
+    assert methods == {
+        "mtsac/mean",
+        "sb3_multitask_sac/mean",
+        "mtsac/fairgrad",
+        "sb3_multitask_sac/fairgrad",
+        "sb3_sac",
+    }
+    for record in records:
+        assert record["K"] == 2
+        assert record["hidden_size"] == 16
+        assert len(record["ms_values"]) == 2
+        assert record["ms_median"] > 0
+    assert "ratio" in completed.stdout

@@ -15,7 +15,14 @@ from torch.func import functional_call
 
 import mtrl_fair
 from mtrl_fair.combiners import GramianCombiner, make
-from mtrl_fair.sb3 import MetaWorldVecEnv, MultiTaskSAC, MultiTaskTD3, combined_backward, make_vec_env
+from mtrl_fair.sb3 import (
+    MetaWorldVecEnv,
+    MultiTaskSAC,
+    MultiTaskTD3,
+    combined_backward,
+    make_vec_env,
+    sample_per_task,
+)
 
 TASKS = ["reach-v3", "drawer-close-v3"]
 
@@ -130,6 +137,42 @@ def test_the_combiner_is_really_applied_in_train(env: MetaWorldVecEnv) -> None:
     assert model.logger.name_to_value["combiner/critic_weight/drawer-close-v3"] == 0.0
 
 
+class UniformWeights(GramianCombiner):
+    """The mean as a Gramian combiner: the per-task path, with the mean's update."""
+
+    name = "uniform_weights"
+
+    def weights(self, gram: Tensor) -> Tensor:
+        return torch.full((gram.shape[0],), 1.0 / gram.shape[0], dtype=gram.dtype, device=gram.device)
+
+
+def test_the_mean_shortcut_gives_the_per_task_paths_update(env: MetaWorldVecEnv, tmp_path: Path) -> None:
+    # combiner="mean" takes one batched backward on the modules themselves; the per-task path
+    # (vmap, functional_call, Gramian) with uniform weights must write the same gradients. The
+    # per-task path's actor loss reads a detached critic, so equal critic gradients also show that
+    # the shortcut's actor backward adds nothing to the critic's.
+    model = MultiTaskSAC("MlpPolicy", env, combiner="mean", **small(learning_starts=10))
+    model.learn(total_timesteps=40)
+    model.save(tmp_path / "model.zip")
+    per_task = MultiTaskSAC.load(tmp_path / "model.zip", env=env, device="cpu")
+    for group in ("critic", "actor"):
+        per_task.combiners.combiners[group] = UniformWeights()
+    batch = sample_per_task(model.replay_buffer, 16, 2)  # type: ignore[arg-type]
+    stats = {}
+    for agent in (model, per_task):
+        torch.manual_seed(0)  # the same action noise
+        stats[agent] = agent._update(batch)
+    for module in ("critic", "actor"):
+        for (name, ours), theirs in zip(
+            getattr(model, module).named_parameters(), getattr(per_task, module).parameters(), strict=True
+        ):
+            assert ours.grad is not None, name
+            assert theirs.grad is not None, name
+            torch.testing.assert_close(ours.grad, theirs.grad, rtol=1e-4, atol=1e-6, msg=f"{module}.{name}")
+    for key in ("critic_loss", "actor_loss"):
+        torch.testing.assert_close(stats[model][key], stats[per_task][key])
+
+
 def _linear_losses() -> tuple[nn.Linear, Tensor, Any]:
     """Two tasks with conflicting gradients of very different sizes on a 2-parameter model."""
     model = nn.Linear(2, 1, bias=False)
@@ -236,14 +279,13 @@ def test_target_networks_follow_sb3s_polyak_rule(env: MetaWorldVecEnv) -> None:
         torch.testing.assert_close(ours, theirs)
 
 
-def test_fused_adam_is_chosen_on_cuda_unless_the_user_chose() -> None:
-    from unittest import mock
+def test_fused_adam_is_chosen_unless_the_user_chose(env: MetaWorldVecEnv) -> None:
+    from mtrl_fair.sb3 import _fused_adam
 
-    from mtrl_fair.sb3 import _fused_adam_on_cuda
-
-    assert _fused_adam_on_cuda({"device": "cpu"}) == {"device": "cpu"}
-    with mock.patch("mtrl_fair.sb3.get_device", return_value=torch.device("cuda")):
-        chosen = _fused_adam_on_cuda({"device": "cuda", "policy_kwargs": {"net_arch": [8]}})
-        assert chosen["policy_kwargs"] == {"net_arch": [8], "optimizer_kwargs": {"fused": True}}
-        own = {"device": "cuda", "policy_kwargs": {"optimizer_kwargs": {"eps": 1e-5}}}
-        assert _fused_adam_on_cuda(own) == own
+    chosen = _fused_adam({"device": "cuda", "policy_kwargs": {"net_arch": [8]}})
+    assert chosen["policy_kwargs"] == {"net_arch": [8], "optimizer_kwargs": {"fused": True}}
+    own = {"device": "cuda", "policy_kwargs": {"optimizer_kwargs": {"eps": 1e-5}}}
+    assert _fused_adam(own) == own
+    model = MultiTaskSAC("MlpPolicy", env, combiner="mean", **small())
+    for optimizer in (model.actor.optimizer, model.critic.optimizer, model.ent_coef_optimizer):
+        assert optimizer.defaults["fused"] is True
