@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "bench_combiners.py"
 
 
@@ -90,3 +92,22 @@ def test_bench_sb3_update_quick(tmp_path: Path) -> None:
         assert len(record["ms_values"]) == 2
         assert record["ms_median"] > 0
     assert "ratio" in completed.stdout
+
+
+def test_gpu_checks_refuses_a_machine_without_cuda(tmp_path: Path) -> None:
+    import os
+
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("the refusal happens only without CUDA")
+    script = SCRIPT.parent / "gpu_checks.sh"
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    completed = subprocess.run(
+        ["bash", str(script), str(tmp_path / "out")], capture_output=True, text=True, env=env, check=False
+    )
+    assert completed.returncode == 2
+    assert not (tmp_path / "out").exists()
+    assert completed.stderr.strip().splitlines() == [
+        "error: no CUDA device visible to torch; these checks need one"
+    ]
