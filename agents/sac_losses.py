@@ -4,12 +4,15 @@ Every loss here keeps the task dimension: called on a ``(K, B, ...)`` batch it r
 task losses, and called on one task's ``(B, ...)`` slice it returns that task's scalar loss. The
 same function therefore serves the plain update (``losses.mean().backward()``) and the per-task
 gradients of the combined update (``torch.func.vmap`` over the task dimension), so the two can never
-drift apart. Parameters are passed explicitly (``torch.func.functional_call``) for the same reason.
+drift apart. Parameters are passed explicitly (``torch.func.functional_call``) for the same reason;
+``None`` stands for the module's own parameters, called directly, which skips ``functional_call``'s
+Python overhead where no other parameters are needed (the plain mean path).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -18,6 +21,13 @@ from torch.func import functional_call
 from mtrl_fair.agents.networks import squashed_gaussian
 
 __all__ = ["actor_losses", "critic_losses", "polyak_update", "soft_q_target", "temperature_losses"]
+
+
+def _apply(module: nn.Module, params: Mapping[str, Tensor] | None, *inputs: Tensor) -> Any:
+    """``module(*inputs)`` with ``params`` in place of its own (``None``: its own)."""
+    if params is None:
+        return module(*inputs)
+    return functional_call(module, dict(params), inputs)
 
 
 def soft_q_target(
@@ -43,31 +53,35 @@ def soft_q_target(
 
 
 def critic_losses(
-    critic: nn.Module, params: Mapping[str, Tensor], obs: Tensor, action: Tensor, target: Tensor
+    critic: nn.Module, params: Mapping[str, Tensor] | None, obs: Tensor, action: Tensor, target: Tensor
 ) -> Tensor:
-    """Per-task critic loss: ``½ Σ_members mean_batch (Q_m(s, a) − target)²`` (as in SB3's SAC)."""
-    q = functional_call(critic, dict(params), (obs, action))  # (members, ..., B)
+    """Per-task critic loss: ``½ Σ_members mean_batch (Q_m(s, a) − target)²`` (as in SB3's SAC).
+
+    ``critic(obs, action)`` returns the ensemble's Q-values stacked first: ``(members, ..., B)``.
+    """
+    q = _apply(critic, params, obs, action)  # (members, ..., B)
     return 0.5 * (q - target).square().mean(dim=-1).sum(dim=0)
 
 
 def actor_losses(
     actor: nn.Module,
-    params: Mapping[str, Tensor],
+    params: Mapping[str, Tensor] | None,
     critic: nn.Module,
-    critic_params: Mapping[str, Tensor],
+    critic_params: Mapping[str, Tensor] | None,
     obs: Tensor,
     noise: Tensor,
     alpha: Tensor,
 ) -> tuple[Tensor, Tensor]:
     """Per-task actor loss ``mean_batch(α log π(a|s) − min Q(s, a))`` with ``a ~ π(·|s)``.
 
-    ``critic_params`` should be detached: the actor update must not move the critic. ``alpha`` is
+    ``critic_params`` should be detached: the actor update must not move the critic (with ``None``,
+    restrict the backward pass to the actor's parameters instead, ``backward(inputs=...)``). ``alpha`` is
     ``(K, 1)`` on a ``(K, B, ...)`` batch, or ``(1,)`` on one task's slice. Returns the losses and
     the mean log-probability per task, which is all the temperature loss needs.
     """
-    mean, log_std = functional_call(actor, dict(params), (obs,))
+    mean, log_std = _apply(actor, params, obs)
     action, log_prob = squashed_gaussian(mean, log_std, noise)
-    q = functional_call(critic, dict(critic_params), (obs, action)).amin(dim=0)
+    q = _apply(critic, critic_params, obs, action).amin(dim=0)
     return (alpha * log_prob - q).mean(dim=-1), log_prob.mean(dim=-1).detach()
 
 

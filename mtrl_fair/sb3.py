@@ -40,7 +40,7 @@ from stable_baselines3.common.vec_env import VecEnv
 from torch import Tensor, nn
 from torch.func import functional_call, vmap
 
-from mtrl_fair.agents.networks import squashed_gaussian
+from mtrl_fair.agents.sac_losses import actor_losses, critic_losses, soft_q_target
 from mtrl_fair.agents.sac_losses import polyak_update as fused_polyak_update
 from mtrl_fair.combiners import Combiner, make
 from mtrl_fair.combiners.base import uses_after_step
@@ -376,41 +376,19 @@ class _ActorDistribution(nn.Module):
         return mean.reshape(*lead, -1), log_std.reshape(*lead, -1)
 
 
-QFunction = Callable[[Tensor, Tensor], Sequence[Tensor]]
+class _EnsembleCritic(nn.Module):
+    """SB3's twin critic in the shape of our ensemble critic, for :mod:`mtrl_fair.agents.sac_losses`:
+    ``(*lead, ·)`` inputs give the members' Q-values stacked first, ``(members, *lead)``."""
 
+    def __init__(self, critic: nn.Module) -> None:
+        super().__init__()
+        self.critic = critic
 
-def _rows(x: Tensor) -> Tensor:
-    # SB3's critic concatenates features and actions along dim 1: give it rows.
-    return x.reshape(-1, x.shape[-1])
-
-
-def sac_critic_loss(critic: QFunction, observations: Tensor, actions: Tensor, target_q: Tensor) -> Tensor:
-    """``½ Σ_i mean_b (Q_i(s, a) − y)²`` per task: ``(K,)`` from ``(K, B, ·)`` inputs, a scalar from
-    one task's ``(B, ·)`` (inside ``vmap``), so the mean and the per-task paths share one formula."""
-    loss = target_q.new_zeros(target_q.shape[:-1])
-    for q in critic(_rows(observations), _rows(actions)):
-        loss = loss + ((q.reshape(target_q.shape) - target_q) ** 2).mean(-1)
-    return 0.5 * loss
-
-
-def sac_actor_loss(
-    actor: Callable[[Tensor], tuple[Tensor, Tensor]],
-    critic: QFunction,
-    observations: Tensor,
-    noise: Tensor,
-    ent_coef: Tensor,
-) -> tuple[Tensor, Tensor]:
-    """``mean_b (α log π(a|s) − min_i Q_i(s, a))`` per task with ``a`` the reparameterised sample, and
-    the mean log-density (for the temperature); shapes as for :func:`sac_critic_loss`."""
-    mean, log_std = actor(observations)
-    actions, log_prob = squashed_gaussian(mean, log_std, noise)
-    q_values = torch.cat(tuple(critic(_rows(observations), _rows(actions))), dim=1)
-    min_q = q_values.min(dim=1).values.reshape(log_prob.shape)
-    return (ent_coef * log_prob - min_q).mean(-1), log_prob.mean(-1).detach()
-
-
-def _with_params(module: nn.Module, params: dict[str, Tensor]) -> Callable[..., Any]:
-    return lambda *inputs: functional_call(module, params, inputs)
+    def forward(self, obs: Tensor, actions: Tensor) -> Tensor:
+        # SB3's critic concatenates features and actions along dim 1: give it rows.
+        lead = obs.shape[:-1]
+        q_values = self.critic(obs.reshape(-1, obs.shape[-1]), actions.reshape(-1, actions.shape[-1]))
+        return torch.stack(q_values).reshape(len(q_values), *lead)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -475,6 +453,8 @@ class MultiTaskSAC(SAC):
         self.combiners = CombinerSet(self.combiner_name, self.combiner_kwargs, self.LOSS_GROUPS)
         self._checked_one_hot = False
         self._actor_distribution = _ActorDistribution(self.actor)
+        self._ensemble_critic = _EnsembleCritic(self.critic)
+        self._ensemble_critic_target = _EnsembleCritic(self.critic_target)
         if self.per_task_temperature:
             if self.ent_coef_optimizer is None:
                 raise ValueError("per_task_temperature needs a learned entropy coefficient (ent_coef='auto')")
@@ -490,7 +470,13 @@ class MultiTaskSAC(SAC):
             )
 
     def _excluded_save_params(self) -> list[str]:
-        return [*super()._excluded_save_params(), "combiners", "_actor_distribution"]
+        return [
+            *super()._excluded_save_params(),
+            "combiners",
+            "_actor_distribution",
+            "_ensemble_critic",
+            "_ensemble_critic_target",
+        ]
 
     def _get_torch_save_params(self) -> tuple[list[str], list[str]]:
         state_dicts, variables = super()._get_torch_save_params()
@@ -545,49 +531,56 @@ class MultiTaskSAC(SAC):
             ent_coef = self.ent_coef_tensor.expand(num_tasks)
         ent_coef_column = ent_coef.reshape(num_tasks, 1)
 
-        with torch.no_grad():
-            mean, log_std = self._actor_distribution(batch.next_observations)
-            next_actions, next_log_prob = squashed_gaussian(mean, log_std, noise[0])
-            flat_next_obs = batch.next_observations.reshape(num_tasks * batch_per_task, -1)
-            next_q = torch.cat(self.critic_target(flat_next_obs, next_actions.reshape(-1, action_dim)), dim=1)
-            next_q = next_q.min(dim=1).values.reshape(num_tasks, batch_per_task)
-            next_q = next_q - ent_coef_column * next_log_prob
-            target = batch.rewards.squeeze(-1) + (1.0 - batch.dones.squeeze(-1)) * self.gamma * next_q
+        target = soft_q_target(
+            self._actor_distribution,
+            self._ensemble_critic_target,
+            batch.rewards.squeeze(-1),
+            batch.next_observations,
+            batch.dones.squeeze(-1),
+            noise[0],
+            ent_coef_column,
+            self.gamma,
+        )
 
-        def critic_loss(params: dict[str, Tensor], task: tuple[Tensor, Tensor, Tensor]) -> Tensor:
-            return sac_critic_loss(_with_params(self.critic, params), *task)
-
-        critic_params = dict(self.critic.named_parameters())
+        # The per-task path passes parameters (functional_call); the mean path calls the modules.
+        critic = self._ensemble_critic
         critic_batch = (batch.observations, batch.actions, target)
         self.critic.optimizer.zero_grad()
-        critic = combined_backward(
-            critic_loss,
-            self.critic,
+        critic_result = combined_backward(
+            lambda params, task: critic_losses(critic, params, *task),
+            critic,
             critic_batch,
             self._combiner_for("critic"),
-            batched_loss=lambda: sac_critic_loss(self.critic, *critic_batch),
+            batched_loss=lambda: critic_losses(critic, None, *critic_batch),
         )
         self.critic.optimizer.step()
-        _after_step(self._combiner_for("critic"), critic_loss, critic_params, critic_batch)
+        critic_params = dict(critic.named_parameters())
+        _after_step(
+            self._combiner_for("critic"),
+            lambda params, task: critic_losses(critic, params, *task),
+            critic_params,
+            critic_batch,
+        )
 
-        # The actor loss reads the critic without training it: no gradient for the critic's weights.
-        frozen_critic = _with_params(self.critic, {name: p.detach() for name, p in critic_params.items()})
-        actor_params = dict(self._actor_distribution.named_parameters())
+        # The actor loss reads the critic without training it: detached parameters on the per-task
+        # path, and on the mean path a backward restricted to the actor's parameters.
+        frozen_critic = {name: p.detach() for name, p in critic_params.items()}
+        actor = self._actor_distribution
+        actor_params = dict(actor.named_parameters())
+        actor_batch = (batch.observations, noise[1], ent_coef_column)
 
         def actor_loss(
             params: dict[str, Tensor], task: tuple[Tensor, Tensor, Tensor]
         ) -> tuple[Tensor, Tensor]:
-            return sac_actor_loss(_with_params(self._actor_distribution, params), frozen_critic, *task)
+            return actor_losses(actor, params, critic, frozen_critic, *task)
 
-        actor_batch = (batch.observations, noise[1], ent_coef_column)
         self.actor.optimizer.zero_grad()
-        actor, mean_log_prob = _backward_with_aux(
+        actor_result, mean_log_prob = _backward_with_aux(
             actor_loss,
             actor_params,
             actor_batch,
             self._combiner_for("actor"),
-            # The module itself: backward(inputs=actor params) leaves the critic's weights alone.
-            batched_loss=lambda: sac_actor_loss(self._actor_distribution, self.critic, *actor_batch),
+            batched_loss=lambda: actor_losses(actor, None, critic, None, *actor_batch),
         )
         self.actor.optimizer.step()
         _after_step(self._combiner_for("actor"), lambda p, t: actor_loss(p, t)[0], actor_params, actor_batch)
@@ -599,11 +592,11 @@ class MultiTaskSAC(SAC):
             self.log_ent_coef.grad = task_grads if self.per_task_temperature else task_grads.mean().reshape(1)
             self.ent_coef_optimizer.step()
         return {
-            "critic_loss": critic.losses,
-            "actor_loss": actor.losses,
+            "critic_loss": critic_result.losses,
+            "actor_loss": actor_result.losses,
             "ent_coef": ent_coef.clone(),
-            "critic_weights": critic.weights,
-            "actor_weights": actor.weights,
+            "critic_weights": critic_result.weights,
+            "actor_weights": actor_result.weights,
         }
 
 
