@@ -429,7 +429,7 @@ class MTSAC:
         critic_params = dict(self.critic.named_parameters())
         critic_batch = (obs, action, target)
 
-        def critic_loss_fn(params: dict[str, Tensor], task: tuple[Tensor, ...]) -> Tensor:
+        def critic_loss_fn(params: dict[str, Tensor] | None, task: tuple[Tensor, ...]) -> Tensor:
             return critic_losses(self.critic, params, *task)
 
         self.critic_optimizer.zero_grad(set_to_none=False)
@@ -444,8 +444,13 @@ class MTSAC:
         frozen_critic = {name: p.detach() for name, p in critic_params.items()}
         actor_batch = (obs, noise[1], alpha)
 
-        def actor_loss_fn(params: dict[str, Tensor], task: tuple[Tensor, ...]) -> tuple[Tensor, Tensor]:
-            return actor_losses(self.actor, params, self.critic, frozen_critic, *task)
+        def actor_loss_fn(
+            params: dict[str, Tensor] | None, task: tuple[Tensor, ...]
+        ) -> tuple[Tensor, Tensor]:
+            # The plain path (params None) calls the modules themselves; its backward pass is then
+            # restricted to the actor's parameters, which holds the critic fixed just the same.
+            critic_params = None if params is None else frozen_critic
+            return actor_losses(self.actor, params, self.critic, critic_params, *task)
 
         self.actor_optimizer.zero_grad(set_to_none=False)
         actor, mean_log_prob = self._backward_with_aux(
@@ -525,12 +530,12 @@ class MTSAC:
     def _backward(
         self,
         group: str,
-        loss_fn: Callable[[dict[str, Tensor], Any], Tensor],
+        loss_fn: Callable[[dict[str, Tensor] | None, Any], Tensor],
         params: dict[str, Tensor],
         task_batch: tuple[Tensor, ...],
         diagnostics: bool,
     ) -> CombinedGradient:
-        def with_aux(p: dict[str, Tensor], task: Any) -> tuple[Tensor, Tensor]:
+        def with_aux(p: dict[str, Tensor] | None, task: Any) -> tuple[Tensor, Tensor]:
             loss = loss_fn(p, task)
             return loss, loss.detach()
 
@@ -540,7 +545,7 @@ class MTSAC:
     def _backward_with_aux(
         self,
         group: str,
-        loss_fn: Callable[[dict[str, Tensor], Any], tuple[Tensor, Tensor]],
+        loss_fn: Callable[[dict[str, Tensor] | None, Any], tuple[Tensor, Tensor]],
         params: dict[str, Tensor],
         task_batch: tuple[Tensor, ...],
         diagnostics: bool,
@@ -558,9 +563,11 @@ class MTSAC:
                 randomness="error",
                 has_aux=True,
             )
-        # Plain path: the K task losses from one batched forward, one backward of their mean.
-        losses, aux = loss_fn(params, task_batch)
-        losses.mean().backward()
+        # Plain path: the K task losses from one batched forward, one backward of their mean. The
+        # modules are called directly (params None): functional_call's Python overhead is a large
+        # part of a small update on a GPU.
+        losses, aux = loss_fn(None, task_batch)
+        losses.mean().backward(inputs=list(params.values()))
         return CombinedGradient(losses.detach(), self._uniform), aux
 
     # ----------------------------------------------------------------------------------------------

@@ -248,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
         rate, times = measure_mtsac(agent, args.iterations, args.update_repeats, args.warmup)
         add(method, rate, times)
         agent.env = None  # the env is shared; the next agent resets it
-        agent.replay_buffer = None  # type: ignore[assignment]  # free its memory
+        agent.replay_buffer = None  # free its memory
     env.close()
     if not args.no_sb3:
         rate, times = measure_sb3_sac(

@@ -10,7 +10,7 @@ set -u
 cd "$(dirname "$0")/.."
 out="${1:-docs/results}"
 logs="$out/gpu_checks_logs"
-steps="${STEPS:-tests sb3 combiners solve throughput throughput_async}"
+steps="${STEPS:-tests sb3 combiners solve throughput throughput_async throughput_mt50}"
 
 if ! python -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"; then
     echo "error: no CUDA device visible to torch; these checks need one" >&2
@@ -44,6 +44,8 @@ run throughput python scripts/bench_throughput.py --device cuda --overlap --cuda
     --json "$out/throughput_cuda_sync.json"
 run throughput_async python scripts/bench_throughput.py --device cuda --overlap --cuda-graph \
     --vector-strategy async --json "$out/throughput_cuda_async.json"
+run throughput_mt50 python scripts/bench_throughput.py --device cuda --benchmark MT50 --combiners mean fairgrad \
+    --overlap --cuda-graph --vector-strategy async --no-sb3 --no-paper --json "$out/throughput_mt50_cuda.json"
 
 echo "$failed step(s) failed; logs in $logs"
 exit "$failed"
