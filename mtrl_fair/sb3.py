@@ -545,9 +545,13 @@ class MultiTaskSAC(SAC):
         # The per-task path passes parameters (functional_call); the mean path calls the modules.
         critic = self._ensemble_critic
         critic_batch = (batch.observations, batch.actions, target)
+
+        def critic_loss(params: dict[str, Tensor], task: tuple[Tensor, Tensor, Tensor]) -> Tensor:
+            return critic_losses(critic, params, *task)
+
         self.critic.optimizer.zero_grad()
         critic_result = combined_backward(
-            lambda params, task: critic_losses(critic, params, *task),
+            critic_loss,
             critic,
             critic_batch,
             self._combiner_for("critic"),
@@ -555,12 +559,7 @@ class MultiTaskSAC(SAC):
         )
         self.critic.optimizer.step()
         critic_params = dict(critic.named_parameters())
-        _after_step(
-            self._combiner_for("critic"),
-            lambda params, task: critic_losses(critic, params, *task),
-            critic_params,
-            critic_batch,
-        )
+        _after_step(self._combiner_for("critic"), critic_loss, critic_params, critic_batch)
 
         # The actor loss reads the critic without training it: detached parameters on the per-task
         # path, and on the mean path a backward restricted to the actor's parameters.
