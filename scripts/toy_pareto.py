@@ -75,7 +75,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from mtrl_fair.combiners import Combiner, make
+from mtrl_fair.combiners import Combiner, available, make
 from mtrl_fair.combiners.base import uses_after_step
 
 # Clamp of the log-distance in f₁ and f₂ (the valleys' depth).
@@ -252,8 +252,14 @@ def front_gap(losses: np.ndarray, front: Front) -> np.ndarray:
 
 
 def parse_method(spec: str) -> tuple[str, dict[str, Any]]:
-    """``"fairgrad:alpha=2,solver=newton"`` → ``("fairgrad", {"alpha": 2, "solver": "newton"})``."""
-    name, _, rest = spec.partition(":")
+    """``"fairgrad:alpha=2,solver=newton"`` → ``("fairgrad", {"alpha": 2, "solver": "newton"})``.
+
+    Registry names may hold a colon themselves (``"torchjd:UPGrad"``): the hyperparameters are what
+    follows the last colon, when it follows one of the registry's own names or holds ``=``.
+    """
+    name, sep, rest = spec.rpartition(":")
+    if not sep or ("=" not in rest and name not in available()):
+        name, rest = spec, ""
     hparams: dict[str, Any] = {}
     for item in filter(None, rest.split(",")):
         key, sep, value = item.partition("=")

@@ -120,6 +120,8 @@ def test_parse_method(toy: ModuleType) -> None:
         "fairgrad",
         {"alpha": 2, "solver": "newton"},
     )
+    # A registry name with a colon of its own is a name, not a name and hyperparameters.
+    assert toy.parse_method("torchjd:UPGrad") == ("torchjd:UPGrad", {})
     with pytest.raises(ValueError, match="unknown combiner"):
         toy.parse_method("nope")
     with pytest.raises(ValueError, match="key=value"):
