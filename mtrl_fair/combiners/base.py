@@ -36,6 +36,12 @@ class Combiner(ABC):
     """Registry name, as accepted by :func:`mtrl_fair.combiners.make`."""
     requires_losses: ClassVar[bool] = False
     """True for loss-based methods (FAMO), whose :meth:`combine` needs the ``(K,)`` task losses."""
+    wraps: ClassVar[tuple[str, ...]] = ()
+    """Hyperparameters that hold another combiner (the α-fair loss transform's ``base``).
+
+    By name they are registry names: :func:`~mtrl_fair.combiners.make` builds the inner combiner and
+    passes the object, so that no method module needs the registry (which imports them all).
+    """
 
     def __call__(self, jacobian: Tensor, losses: Tensor | None = None) -> Tensor:
         """The ``(P,)`` update direction for a ``(K, P)`` Jacobian."""
@@ -48,6 +54,10 @@ class Combiner(ABC):
     def hparams(self) -> dict[str, Any]:
         """The hyperparameters, as passed to the constructor."""
         return {}
+
+    def spec(self) -> tuple[str, dict[str, Any]]:
+        """The registry name and hyperparameters that rebuild this combiner with ``make(name, **hp)``."""
+        return self.name, self.hparams()
 
     # Stateful combiners (FAMO, for instance) override these four. Stateless ones keep the defaults.
     def after_step(self, losses: Tensor) -> None:  # noqa: B027 - optional hook, a no-op by default

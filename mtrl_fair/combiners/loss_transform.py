@@ -11,6 +11,7 @@ import torch
 from torch import Tensor
 
 from mtrl_fair.combiners.base import Combination, Combiner, check_jacobian, check_losses, check_number
+from mtrl_fair.combiners.mean import Mean
 
 
 def alpha_fair_loss(losses: Tensor, alpha: float, *, min_loss: float = 1e-8) -> Tensor:
@@ -43,8 +44,10 @@ class AlphaFairLoss(Combiner):
 
     Args:
         alpha: fairness level of the transform, ``>= 0`` (0 is the identity).
-        base: registry name of the combiner applied to the transformed losses (default ``mean``,
-            i.e. linear scalarisation of the transformed losses).
+        base: the combiner applied to the transformed losses; ``None`` is ``mean`` (linear
+            scalarisation of the transformed losses). By name, through the registry:
+            ``make("alpha_fair_loss", base="fairgrad")`` builds the base with its default
+            hyperparameters, and this combiner's spec records the base by its registry name.
         min_loss: lower clamp of the losses, ``> 0``.
 
     Departs from the official code: the paper applies the transform inside each loss-weighting
@@ -53,16 +56,22 @@ class AlphaFairLoss(Combiner):
 
     name = "alpha_fair_loss"
     requires_losses = True
+    wraps = ("base",)
 
-    def __init__(self, *, alpha: float = 1.0, base: str = "mean", min_loss: float = 1e-8) -> None:
-        from mtrl_fair.combiners.registry import make  # the registry imports this module
-
+    def __init__(self, *, alpha: float = 1.0, base: Combiner | None = None, min_loss: float = 1e-8) -> None:
         self.alpha = check_number("alpha", alpha, at_least=0.0)
         self.min_loss = check_number("min_loss", min_loss, above=0.0)
-        if base == self.name:
+        if base is None:
+            base = Mean()
+        if not isinstance(base, Combiner):
+            raise ValueError(
+                f"base must be a combiner, got {type(base).__name__}; by name, build this one with "
+                "mtrl_fair.combiners.make('alpha_fair_loss', base=<name>)"
+            )
+        if isinstance(base, AlphaFairLoss):
             raise ValueError(f"base must be another combiner than {self.name!r}")
-        self.base_name = base
-        self.base = make(base)
+        self.base = base
+        self.base_name = base.spec()[0]
 
     def hparams(self) -> dict[str, object]:
         return {"alpha": self.alpha, "base": self.base_name, "min_loss": self.min_loss}

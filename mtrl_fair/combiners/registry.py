@@ -57,6 +57,9 @@ def make(name: str, **hparams: Any) -> Combiner:
         raise ValueError(
             f"unknown hyperparameter(s) {', '.join(unknown)} for combiner {name!r}; accepted: {accepted}"
         )
+    for key in cls.wraps:  # an inner combiner given by name is built here, by the registry
+        if isinstance(hparams.get(key), str):
+            hparams[key] = make(hparams[key])
     return cls(**hparams)
 
 

@@ -133,6 +133,9 @@ class TorchJDAggregator(Combiner):
     def hparams(self) -> dict[str, Any]:
         return {"aggregator_name": self.aggregator_name, **self._hparams}
 
+    def spec(self) -> tuple[str, dict[str, Any]]:
+        return TORCHJD_PREFIX + self.aggregator_name, dict(self._hparams)
+
     def __repr__(self) -> str:
         return f"TorchJDAggregator({self.aggregator!r})"
 

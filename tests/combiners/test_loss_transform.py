@@ -56,3 +56,18 @@ def test_finite_on_degenerate_inputs(jacobian: torch.Tensor) -> None:
 
 def test_repr() -> None:
     assert repr(make("alpha_fair_loss", alpha=2.0)) == "AlphaFairLoss(alpha=2.0, base='mean', min_loss=1e-08)"
+
+
+def test_the_base_is_a_combiner_object_built_by_the_registry() -> None:
+    from mtrl_fair.combiners.fairgrad import FairGrad
+    from mtrl_fair.combiners.loss_transform import AlphaFairLoss
+    from mtrl_fair.combiners.mean import Mean
+
+    assert isinstance(AlphaFairLoss().base, Mean)
+    wrapped = AlphaFairLoss(alpha=1.0, base=FairGrad())
+    assert wrapped.hparams()["base"] == "fairgrad"
+    assert isinstance(make("alpha_fair_loss", base="fairgrad").base, FairGrad)
+    with pytest.raises(ValueError, match=r"base must be a combiner.*make\('alpha_fair_loss', base=<name>\)"):
+        AlphaFairLoss(base="fairgrad")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="base must be another combiner than 'alpha_fair_loss'"):
+        make("alpha_fair_loss", base="alpha_fair_loss")

@@ -78,3 +78,24 @@ def test_bad_jacobian_shape_is_a_clear_error() -> None:
 
 def test_public_names() -> None:
     assert {"make", "available", "Combiner", "GramianCombiner", "Combination"} <= set(combiners.__all__)
+
+
+@pytest.mark.parametrize(
+    ("name", "hparams"),
+    [
+        ("fairgrad", {"alpha": 5.0}),
+        ("famo", {"gamma": 0.01}),
+        ("alpha_fair_loss", {"alpha": 2.0, "base": "upgrad"}),
+        ("alpha_fair_loss", {"base": "torchjd:MGDA"}),
+        ("torchjd:DualProj", {}),
+        ("torchjd:MGDA", {"epsilon": 1e-4}),
+    ],
+)
+def test_spec_rebuilds_the_same_combiner(name: str, hparams: dict[str, object]) -> None:
+    combiner = make(name, **hparams)
+    spec_name, spec_hparams = combiner.spec()
+    assert spec_name == name
+    rebuilt = make(spec_name, **spec_hparams)
+    assert type(rebuilt) is type(combiner)
+    assert rebuilt.hparams() == combiner.hparams()
+    assert repr(rebuilt) == repr(combiner)
