@@ -1,8 +1,9 @@
 """Per-task losses → per-task gradients (the Jacobian) → one combined ``.grad``.
 
 A combiner (:mod:`mtrl_fair.combiners`) is pure maths on a ``(K, P)`` Jacobian. This module is the
-only place that produces that Jacobian from K task losses and writes the combined direction into the
-parameters' ``.grad``, so that any ``torch.optim`` optimiser can take the step.
+only place that produces that Jacobian from K task losses; with
+:mod:`mtrl_fair.combined_grad`, which writes the combined direction into the parameters' ``.grad``,
+it lets any ``torch.optim`` optimiser take the step.
 
 Two ways to get the per-task gradients:
 
@@ -21,13 +22,14 @@ saves the launches. The functional path differentiates each task on its own samp
 does not grow with K. Prefer the functional path in the agent; the generic one is for models that
 cannot be written as a per-task function.
 
-:func:`write_combined_grad` then flattens the gradients of the *shared* parameters to ``(K, P)``,
-asks the combiner for a direction and writes it into ``.grad``. *Task-specific* parameters (a
+:func:`~mtrl_fair.combined_grad.write_combined_grad` then flattens the gradients of the *shared*
+parameters to ``(K, P)``, asks the combiner for a direction and writes it into ``.grad``. *Task-specific* parameters (a
 per-task temperature ``log_alpha`` of shape ``(K,)``, per-task heads…) receive the plain sum of
 their per-task gradients: each task only touches its own slice, so nothing needs combining.
 
 :func:`backward_per_task` (generic) and :func:`backward_per_task_func` (functional) chain the two
-steps. None of this reads tensor values back to the host, so an update runs under
+steps. With the ``mean`` combiner the functional front door skips the per-task gradients: the mean
+of the task gradients is the gradient of the mean loss, one backward pass. None of this reads tensor values back to the host, so an update runs under
 ``torch.cuda.set_sync_debug_mode("error")`` (as long as the loss and the combiner do too).
 
 Example (functional path)::
@@ -47,13 +49,16 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable, Collection, Mapping, Sequence
-from typing import Any, Literal, NamedTuple, overload
+from typing import Any, Literal, overload
 
 import torch
 from torch import Tensor
 from torch.func import grad_and_value, vmap
 
-from mtrl_fair.combiners.base import Combiner, GramianCombiner
+from mtrl_fair.combined_grad import CombinedGradient, set_grad, write_combined_grad
+from mtrl_fair.combiners.base import Combiner
+from mtrl_fair.combiners.mean import Mean
+from mtrl_fair.gram import gradient_diagnostics, gram_diagnostics, mean_pairwise_cosine
 
 __all__ = [
     "CombinedGradient",
@@ -61,28 +66,13 @@ __all__ = [
     "backward_per_task_func",
     "gradient_diagnostics",
     "gram_diagnostics",
+    "mean_pairwise_cosine",
     "per_task_gradients",
     "per_task_jacobian",
     "write_combined_grad",
 ]
 
 Randomness = Literal["error", "different", "same"]
-
-
-class CombinedGradient(NamedTuple):
-    """What one combined backward produced (all tensors detached, on the parameters' device)."""
-
-    losses: Tensor
-    """The ``(K,)`` task losses."""
-    weights: Tensor
-    """The ``(K,)`` effective task weights the combiner used (``direction == weights @ J``)."""
-    grad_norms: Tensor | None = None
-    """The ``(K,)`` norms of the task gradients w.r.t. the shared parameters (with ``diagnostics``)."""
-    cosine: Tensor | None = None
-    """The ``(K, K)`` pairwise cosine similarities of the task gradients (with ``diagnostics``).
-
-    A task whose gradient is exactly zero has cosine 0 with every task, itself included.
-    """
 
 
 # --------------------------------------------------------------------------------------------------
@@ -250,132 +240,6 @@ def _jacobian_by_loop(losses: Tensor, params: list[Tensor], *, retain_graph: boo
 
 
 # --------------------------------------------------------------------------------------------------
-# Combination and write-back.
-# --------------------------------------------------------------------------------------------------
-
-
-def write_combined_grad(
-    combiner: Combiner,
-    shared: Sequence[Tensor],
-    shared_grads: Sequence[Tensor],
-    *,
-    losses: Tensor,
-    task_params: Sequence[Tensor] = (),
-    task_grads: Sequence[Tensor] = (),
-    diagnostics: bool = False,
-) -> CombinedGradient:
-    """Combine per-task gradients and write the result into ``.grad`` (overwriting it).
-
-    Args:
-        combiner: maps the ``(K, P)`` Jacobian of the shared parameters to a ``(P,)`` direction.
-            Loss-based combiners (``combiner.requires_losses``) also get the detached ``losses``.
-        shared: the parameters shared by all tasks.
-        shared_grads: for each shared parameter ``p``, its per-task gradients, ``(K, *p.shape)``.
-        losses: the ``(K,)`` task losses (detached here).
-        task_params: task-specific parameters (e.g. a per-task ``log_alpha`` of shape ``(K,)``).
-        task_grads: for each task-specific parameter ``p``, its per-task gradients
-            ``(K, *p.shape)``; ``p.grad`` becomes their sum over tasks.
-        diagnostics: also return the task-gradient norms and pairwise cosines (one extra ``K×K×P``
-            product).
-
-    Returns:
-        The losses, the combiner's task weights and, with ``diagnostics``, norms and cosines.
-    """
-    if len(shared) != len(shared_grads):
-        raise ValueError(f"got {len(shared)} shared parameters but {len(shared_grads)} gradients")
-    if len(task_params) != len(task_grads):
-        raise ValueError(f"got {len(task_params)} task-specific parameters but {len(task_grads)} gradients")
-    if not shared:
-        raise ValueError("write_combined_grad needs at least one shared parameter")
-    if losses.ndim != 1:
-        raise ValueError(f"losses must be a (K,) vector, got shape {tuple(losses.shape)}")
-    num_tasks = losses.shape[0]
-    for param, grad in zip([*shared, *task_params], [*shared_grads, *task_grads], strict=True):
-        if tuple(grad.shape) != (num_tasks, *param.shape):
-            raise ValueError(
-                f"a per-task gradient must have shape (K, *param.shape) = {(num_tasks, *param.shape)}, "
-                f"got {tuple(grad.shape)}"
-            )
-    losses = losses.detach()
-    rows = [grad.detach().reshape(num_tasks, -1) for grad in shared_grads]
-    gram = None
-    if isinstance(combiner, GramianCombiner):
-        # The Gram matrix is a sum of per-parameter Gram matrices, and the direction of each
-        # parameter is its own weighted sum of rows: the (K, P) Jacobian is never assembled, which
-        # saves copying K×P values (the largest memory traffic of the whole combine).
-        gram = _gram_of(rows)
-        weights = combiner.weights(gram).to(rows[0].dtype)
-        directions = [weights @ block for block in rows]
-    else:
-        jacobian = torch.cat(rows, dim=1)
-        combination = combiner.combine(jacobian, losses if combiner.requires_losses else None)
-        weights = combination.weights
-        directions = list(combination.direction.split([block.shape[1] for block in rows]))
-    with torch.no_grad():
-        for param, direction in zip(shared, directions, strict=True):
-            _set_grad(param, direction.view(param.shape))
-        for param, grad in zip(task_params, task_grads, strict=True):
-            _set_grad(param, grad.detach().sum(dim=0))
-    norms = cosine = None
-    if diagnostics:
-        norms, cosine = gram_diagnostics(gram if gram is not None else _gram_of(rows))
-    return CombinedGradient(losses, weights.detach(), norms, cosine)
-
-
-def gradient_diagnostics(jacobian: Tensor) -> tuple[Tensor, Tensor]:
-    """The ``(K,)`` row norms and ``(K, K)`` pairwise cosines of a ``(K, P)`` Jacobian."""
-    with torch.no_grad():
-        return gram_diagnostics(jacobian @ jacobian.T)
-
-
-def gram_diagnostics(gram: Tensor) -> tuple[Tensor, Tensor]:
-    """The ``(K,)`` gradient norms and ``(K, K)`` pairwise cosines from the Gram matrix ``J Jᵀ``.
-
-    Computed without host synchronisation. Zero rows get norm 0 and cosine 0 with every row
-    (themselves included), never NaN.
-    """
-    with torch.no_grad():
-        sq_norms = gram.diagonal().clamp_min(0.0)
-        norms = sq_norms.sqrt()
-        inv = torch.where(sq_norms > 0, sq_norms.rsqrt(), torch.zeros_like(sq_norms))
-        cosine = (gram * inv[:, None] * inv[None, :]).clamp(-1.0, 1.0)
-    return norms, cosine
-
-
-def _gram_of(rows: Sequence[Tensor]) -> Tensor:
-    """``J Jᵀ`` for ``J`` the column-wise concatenation of ``rows`` (each ``(K, Pᵢ)``).
-
-    A ``(K, P) @ (P, K)`` product with K small and P large is a poor fit for BLAS, which runs it
-    at a fraction of the memory bandwidth; split into a batch of shorter products it runs 2-3×
-    faster on a CPU. Small blocks (biases) are concatenated first, to pay one call for all.
-    """
-    small = [block for block in rows if block.shape[1] < _GRAM_CHUNK_MIN]
-    large = [block for block in rows if block.shape[1] >= _GRAM_CHUNK_MIN]
-    gram = None
-    if small:
-        block = torch.cat(small, dim=1) if len(small) > 1 else small[0]
-        gram = block @ block.T
-    for block in large:
-        chunks = next((c for c in _GRAM_CHUNKS if block.shape[1] % c == 0), 1)
-        pieces = block.reshape(block.shape[0], chunks, -1).transpose(0, 1)
-        term = torch.bmm(pieces, pieces.transpose(1, 2)).sum(dim=0)
-        gram = term if gram is None else gram + term
-    assert gram is not None  # rows is never empty (write_combined_grad checks it)
-    return gram
-
-
-_GRAM_CHUNK_MIN = 4096
-_GRAM_CHUNKS = (8, 4, 2)
-
-
-def _set_grad(param: Tensor, value: Tensor) -> None:
-    """``param.grad = value``, reusing an existing ``.grad`` buffer (stable addresses)."""
-    if param.grad is None:
-        param.grad = torch.empty_like(param)
-    param.grad.copy_(value)
-
-
-# --------------------------------------------------------------------------------------------------
 # Front doors.
 # --------------------------------------------------------------------------------------------------
 
@@ -420,6 +284,7 @@ def backward_per_task_func(
     chunk_size: int | None = None,
     randomness: Randomness = "different",
     has_aux: Literal[False] = False,
+    batched_loss: Callable[[], Tensor] | None = None,
 ) -> CombinedGradient: ...
 
 
@@ -435,6 +300,7 @@ def backward_per_task_func(
     chunk_size: int | None = None,
     randomness: Randomness = "different",
     has_aux: Literal[True],
+    batched_loss: Callable[[], tuple[Tensor, Any]] | None = None,
 ) -> tuple[CombinedGradient, Any]: ...
 
 
@@ -449,6 +315,7 @@ def backward_per_task_func(
     chunk_size: int | None = None,
     randomness: Randomness = "different",
     has_aux: bool = False,
+    batched_loss: Callable[[], Any] | None = None,
 ) -> CombinedGradient | tuple[CombinedGradient, Any]:
     """The combined counterpart of ``losses.mean().backward()`` on the functional (vmap) path.
 
@@ -464,12 +331,23 @@ def backward_per_task_func(
             other name is task-specific and gets the sum of its per-task gradients. ``None``
             (default): all of ``params`` are shared.
         diagnostics: also return norms and cosines of the shared task gradients.
+        batched_loss: optional, ``batched_loss()`` returns what ``vmap(loss_fn)`` would (the
+            ``(K,)`` losses, with ``has_aux`` also the aux) for the whole ``(K, B, ...)`` batch,
+            computed with the modules themselves. The ``mean`` shortcut uses it instead of
+            ``vmap`` and ``functional_call``, whose Python overhead is most of a small update's
+            time on a GPU.
+
+    With the ``mean`` combiner, no ``diagnostics`` and every parameter shared, the per-task
+    gradients are never formed: the gradient of the mean of the task losses is the same direction,
+    from one batched forward and one backward pass.
     """
     names = list(params)
     shared_set = set(names) if shared_names is None else set(shared_names)
     unknown = shared_set - set(names)
     if unknown:
         raise ValueError(f"shared_names {sorted(unknown)} are not in params ({names})")
+    if isinstance(combiner, Mean) and not diagnostics and len(shared_set) == len(names):
+        return _backward_mean(loss_fn, params, task_batch, chunk_size, randomness, has_aux, batched_loss)
     aux = None
     if has_aux:
         losses, grads, aux = per_task_gradients(
@@ -491,3 +369,33 @@ def backward_per_task_func(
         diagnostics=diagnostics,
     )
     return (combined, aux) if has_aux else combined
+
+
+def _backward_mean(
+    loss_fn: Callable[[dict[str, Tensor], Any], Any],
+    params: Mapping[str, Tensor],
+    task_batch: Any,
+    chunk_size: int | None,
+    randomness: Randomness,
+    has_aux: bool,
+    batched_loss: Callable[[], Any] | None,
+) -> CombinedGradient | tuple[CombinedGradient, Any]:
+    """The ``mean`` combiner's direction as the gradient of the mean task loss (one backward pass)."""
+    if batched_loss is not None:
+        value = batched_loss()
+    else:
+        value = vmap(loss_fn, in_dims=(None, 0), randomness=randomness, chunk_size=chunk_size)(
+            dict(params), task_batch
+        )
+    losses, aux = value if has_aux else (value, None)
+    tensors = list(params.values())
+    # Only these tensors are differentiated (not, e.g., the critic that an actor loss reads), and
+    # their .grad is overwritten, as on the per-task path.
+    grads = torch.autograd.grad(losses.mean(), tensors, allow_unused=True)
+    with torch.no_grad():
+        for param, grad in zip(tensors, grads, strict=True):
+            set_grad(param, torch.zeros_like(param) if grad is None else grad)
+    num_tasks = losses.shape[0]
+    combined = CombinedGradient(losses.detach(), losses.new_full((num_tasks,), 1.0 / num_tasks).detach())
+    return (combined, aux) if has_aux else combined
+

@@ -1,101 +1,43 @@
-"""Tests of mtrl_fair.jacobian: per-task gradients, combined .grad, diagnostics."""
+"""Tests of mtrl_fair.jacobian: per-task gradients, the front doors, the ``mean`` shortcut.
+
+What a combiner is given and writes into ``.grad`` is tested in ``test_combined_grad.py``, the
+norms, cosines and Gram matrices in ``test_gram.py``; all three use the small regression of
+:mod:`jacobian_setup`.
+"""
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 import torch
 from combiner_checks import no_host_sync
+from jacobian_setup import (
+    NUM_TASKS,
+    TOL,
+    Batch,
+    Setup,
+    batched_losses,
+    check_written,
+    make_loss_fn,
+    make_setup,
+    params_of,
+    reference_mean_grads,
+    reference_stacked,
+    shared_of,
+)
 from torch import Tensor, nn
-from torch.func import functional_call
 
-from mtrl_fair.combiners import Combination, Combiner, make
+import mtrl_fair.jacobian as jacobian_module
+from mtrl_fair.combiners import make
 from mtrl_fair.jacobian import (
     CombinedGradient,
     backward_per_task,
     backward_per_task_func,
-    gradient_diagnostics,
     per_task_gradients,
     per_task_jacobian,
-    write_combined_grad,
 )
-
-NUM_TASKS = 4
-BATCH = 6
-IN, HIDDEN = 5, 7
-TOL = {"rtol": 1e-10, "atol": 1e-12}
-
-
-class Batch(NamedTuple):
-    task: Tensor  # () per task: the task index
-    x: Tensor  # (B, IN)
-    y: Tensor  # (B, 1)
-
-
-class Setup(NamedTuple):
-    model: nn.Module
-    log_alpha: nn.Parameter
-    batch: Batch  # every field with the task dimension first
-
-
-def make_setup(num_tasks: int = NUM_TASKS, seed: int = 0, dtype: torch.dtype = torch.float64) -> Setup:
-    torch.manual_seed(seed)
-    model = nn.Sequential(nn.Linear(IN, HIDDEN), nn.Tanh(), nn.Linear(HIDDEN, 1)).to(dtype)
-    log_alpha = nn.Parameter(torch.randn(num_tasks, dtype=dtype))
-    batch = Batch(
-        task=torch.arange(num_tasks),
-        x=torch.randn(num_tasks, BATCH, IN, dtype=dtype),
-        y=torch.randn(num_tasks, BATCH, 1, dtype=dtype),
-    )
-    return Setup(model, log_alpha, batch)
-
-
-def params_of(setup: Setup) -> dict[str, Tensor]:
-    return {**dict(setup.model.named_parameters()), "log_alpha": setup.log_alpha}
-
-
-def shared_of(setup: Setup) -> list[Tensor]:
-    return list(setup.model.parameters())
-
-
-def make_loss_fn(setup: Setup):
-    """One task's loss: MSE plus a term in that task's own temperature."""
-
-    def loss_fn(params: dict[str, Tensor], batch: Batch) -> Tensor:
-        weights = {k: v for k, v in params.items() if k != "log_alpha"}
-        pred = functional_call(setup.model, weights, (batch.x,))
-        mse = ((pred - batch.y) ** 2).mean()
-        # Not params["log_alpha"][batch.task]: a 0-d index tensor is read back with .item().
-        alpha = params["log_alpha"].index_select(0, batch.task.reshape(1)).squeeze(0).exp()
-        return mse + alpha * pred.mean()
-
-    return loss_fn
-
-
-def batched_losses(setup: Setup) -> Tensor:
-    """All K task losses from one ordinary (non-functional) forward."""
-    pred = setup.model(setup.batch.x)  # (K, B, 1)
-    mse = ((pred - setup.batch.y) ** 2).mean(dim=(1, 2))
-    return mse + setup.log_alpha.exp() * pred.mean(dim=(1, 2))
-
-
-def reference_rows(setup: Setup) -> tuple[Tensor, list[list[Tensor]]]:
-    """K separate autograd.grad calls, one per task: rows[k][j] = d loss_k / d param_j."""
-    params = list(params_of(setup).values())
-    losses, rows = [], []
-    for k in range(NUM_TASKS):
-        one = Batch(*(field[k] for field in setup.batch))
-        loss = make_loss_fn(setup)(params_of(setup), one)
-        losses.append(loss.detach())
-        rows.append(list(torch.autograd.grad(loss, params)))
-    return torch.stack(losses), rows
-
-
-def reference_stacked(setup: Setup) -> tuple[Tensor, list[Tensor]]:
-    losses, rows = reference_rows(setup)
-    return losses, [torch.stack([row[j] for row in rows]) for j in range(len(rows[0]))]
-
 
 # --------------------------------------------------------------------------------------------------
 # Per-task gradients equal K separate backward passes.
@@ -207,32 +149,13 @@ def test_generic_path_rejects_bad_losses() -> None:
 # --------------------------------------------------------------------------------------------------
 
 
-def _reference_mean_grads(setup: Setup) -> tuple[list[Tensor], Tensor]:
-    shared = list(torch.autograd.grad(batched_losses(setup).mean(), shared_of(setup)))
-    # Each task only touches its own slice of log_alpha, so its gradient is the sum (not the mean).
-    (log_alpha_sum,) = torch.autograd.grad(batched_losses(setup).sum(), [setup.log_alpha])
-    return shared, log_alpha_sum
-
-
-def _check_written(setup: Setup, stats: CombinedGradient) -> None:
-    ref_shared, ref_log_alpha = _reference_mean_grads(setup)
-    for param, ref in zip(shared_of(setup), ref_shared, strict=True):
-        torch.testing.assert_close(param.grad, ref, **TOL)
-    torch.testing.assert_close(setup.log_alpha.grad, ref_log_alpha, **TOL)
-    torch.testing.assert_close(stats.weights, torch.full((NUM_TASKS,), 1 / NUM_TASKS, dtype=torch.float64))
-    torch.testing.assert_close(stats.losses, batched_losses(setup).detach(), **TOL)
-    assert not stats.losses.requires_grad
-    assert stats.grad_norms is None
-    assert stats.cosine is None
-
-
 def test_mean_func_path_writes_the_gradient_of_the_mean_loss() -> None:
     setup = make_setup()
     shared_names = [name for name, _ in setup.model.named_parameters()]
     stats = backward_per_task_func(
         make_loss_fn(setup), params_of(setup), setup.batch, make("mean"), shared_names=shared_names
     )
-    _check_written(setup, stats)
+    check_written(setup, stats)
 
 
 def test_mean_generic_path_writes_the_gradient_of_the_mean_loss() -> None:
@@ -240,32 +163,7 @@ def test_mean_generic_path_writes_the_gradient_of_the_mean_loss() -> None:
     stats = backward_per_task(
         batched_losses(setup), shared_of(setup), make("mean"), task_params=[setup.log_alpha]
     )
-    _check_written(setup, stats)
-
-
-def test_task_specific_params_get_their_own_gradients() -> None:
-    setup = make_setup()
-    _, rows = reference_rows(setup)
-    backward_per_task(batched_losses(setup), shared_of(setup), make("mean"), task_params=[setup.log_alpha])
-    expected = torch.stack([rows[k][-1][k] for k in range(NUM_TASKS)])  # d loss_k / d log_alpha[k]
-    torch.testing.assert_close(setup.log_alpha.grad, expected, **TOL)
-    for k in range(NUM_TASKS):  # and no task touches another's slice
-        off_diagonal = torch.cat([rows[k][-1][:k], rows[k][-1][k + 1 :]])
-        assert torch.all(off_diagonal == 0)
-
-
-def test_grad_is_overwritten_in_place() -> None:
-    setup = make_setup()
-    buffers = []
-    for param in [*shared_of(setup), setup.log_alpha]:
-        param.grad = torch.full_like(param, 123.0)
-        buffers.append(param.grad)
-    stats = backward_per_task(
-        batched_losses(setup), shared_of(setup), make("mean"), task_params=[setup.log_alpha]
-    )
-    _check_written(setup, stats)
-    for param, buffer in zip([*shared_of(setup), setup.log_alpha], buffers, strict=True):
-        assert param.grad is buffer
+    check_written(setup, stats)
 
 
 def test_unused_shared_param_gets_zero_grad() -> None:
@@ -284,106 +182,182 @@ def test_func_path_all_shared_by_default_and_unknown_names() -> None:
         return loss_fn({**params, "log_alpha": setup.log_alpha.detach()}, batch)
 
     backward_per_task_func(no_alpha, params, setup.batch, make("mean"))
-    for param, ref in zip(shared_of(setup), _reference_mean_grads(setup)[0], strict=True):
+    for param, ref in zip(shared_of(setup), reference_mean_grads(setup)[0], strict=True):
         torch.testing.assert_close(param.grad, ref, **TOL)
     with pytest.raises(ValueError, match="not in params"):
         backward_per_task_func(no_alpha, params, setup.batch, make("mean"), shared_names=["nope"])
 
 
-class _Recorder(Combiner):
-    """Sums the rows with weight 1 and records what it was given."""
-
-    name = "recorder"
-
-    def __init__(self, requires_losses: bool) -> None:
-        self.requires_losses = requires_losses  # type: ignore[misc]
-        self.seen: list[tuple[Tensor, Tensor | None]] = []
-
-    def combine(self, jacobian: Tensor, losses: Tensor | None = None) -> Combination:
-        self.seen.append((jacobian, losses))
-        weights = torch.ones(jacobian.shape[0], dtype=jacobian.dtype)
-        return Combination(weights @ jacobian, weights)
-
-
-@pytest.mark.parametrize("requires_losses", [False, True])
-def test_combiner_gets_the_flat_jacobian_and_losses_only_if_needed(requires_losses: bool) -> None:
-    setup = make_setup()
-    ref_losses, ref_grads = reference_stacked(setup)
-    recorder = _Recorder(requires_losses)
-    backward_per_task(batched_losses(setup), shared_of(setup), recorder)
-    ((jacobian, losses),) = recorder.seen
-    expected = torch.cat([g.reshape(NUM_TASKS, -1) for g in ref_grads[:-1]], dim=1)
-    torch.testing.assert_close(jacobian, expected, **TOL)
-    if requires_losses:
-        assert losses is not None
-        assert not losses.requires_grad
-        torch.testing.assert_close(losses, ref_losses, **TOL)
-    else:
-        assert losses is None
-    for param, ref in zip(shared_of(setup), ref_grads[:-1], strict=True):  # weights 1: the sum of the rows
-        torch.testing.assert_close(param.grad, ref.sum(0), **TOL)
-
-
-def test_write_combined_grad_validates_shapes() -> None:
-    setup = make_setup()
-    shared = shared_of(setup)
-    losses = torch.zeros(NUM_TASKS, dtype=torch.float64)
-    bad = [torch.zeros(NUM_TASKS + 1, *p.shape, dtype=torch.float64) for p in shared]
-    with pytest.raises(ValueError, match=r"\(K, \*param.shape\)"):
-        write_combined_grad(make("mean"), shared, bad, losses=losses)
-    with pytest.raises(ValueError, match="gradients"):
-        write_combined_grad(make("mean"), shared, bad[:-1], losses=losses)
-
-
 # --------------------------------------------------------------------------------------------------
-# Diagnostics.
+# The mean shortcut: with ``mean``, no diagnostics and every parameter shared, one backward pass.
 # --------------------------------------------------------------------------------------------------
 
 
-def test_diagnostics_norms_and_cosine() -> None:
+def model_loss_fn(setup: Setup) -> Callable[[dict[str, Tensor], Batch], Tensor]:
+    """One task's loss as a function of the model's parameters only (the temperatures held fixed)."""
+    loss_fn = make_loss_fn(setup)
+
+    def no_alpha(params: dict[str, Tensor], batch: Batch) -> Tensor:
+        return loss_fn({**params, "log_alpha": setup.log_alpha.detach()}, batch)
+
+    return no_alpha
+
+
+@pytest.fixture
+def per_task_calls(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Counts the calls of ``per_task_gradients`` made by the front door (the shortcut makes none)."""
+    calls: list[int] = []
+    real = jacobian_module.per_task_gradients
+
+    def counting(*args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(jacobian_module, "per_task_gradients", counting)
+    return calls
+
+
+@pytest.mark.parametrize("chunk_size", [None, 1, 3])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["float32", "float64"])
+def test_mean_shortcut_writes_the_gradient_of_the_mean_loss(
+    dtype: torch.dtype, chunk_size: int | None, per_task_calls: list[int]
+) -> None:
+    setup = make_setup(dtype=dtype)
+    params = dict(setup.model.named_parameters())
+    stats = backward_per_task_func(
+        model_loss_fn(setup), params, setup.batch, make("mean"), chunk_size=chunk_size
+    )
+    assert per_task_calls == [], "the shortcut forms no per-task gradients"
+    expected = torch.autograd.grad(batched_losses(setup).mean(), shared_of(setup))
+    for param, ref in zip(shared_of(setup), expected, strict=True):
+        torch.testing.assert_close(param.grad, ref, rtol=1e-6, atol=1e-6)
+    assert torch.equal(stats.weights, torch.full((NUM_TASKS,), 1 / NUM_TASKS, dtype=dtype))
+    torch.testing.assert_close(stats.losses, batched_losses(setup).detach(), rtol=1e-6, atol=1e-6)
+    assert not stats.losses.requires_grad
+    assert not stats.weights.requires_grad
+    assert stats.grad_norms is None
+    assert stats.cosine is None
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["float32", "float64"])
+def test_mean_shortcut_is_the_direction_of_the_per_task_path(
+    dtype: torch.dtype, per_task_calls: list[int]
+) -> None:
+    shortcut, per_task = make_setup(dtype=dtype), make_setup(dtype=dtype)
+    fast = backward_per_task_func(
+        model_loss_fn(shortcut), dict(shortcut.model.named_parameters()), shortcut.batch, make("mean")
+    )
+    assert per_task_calls == []
+    slow = backward_per_task_func(
+        model_loss_fn(per_task),
+        dict(per_task.model.named_parameters()),
+        per_task.batch,
+        make("mean"),
+        diagnostics=True,
+    )
+    assert per_task_calls == [1], "diagnostics need the per-task gradients"
+    assert slow.grad_norms is not None
+    for a, b in zip(shortcut.model.parameters(), per_task.model.parameters(), strict=True):
+        torch.testing.assert_close(a.grad, b.grad, rtol=1e-6, atol=1e-6)
+    assert torch.equal(fast.weights, slow.weights)
+    torch.testing.assert_close(fast.losses, slow.losses, rtol=1e-6, atol=1e-6)
+
+
+def test_mean_shortcut_uses_the_batched_loss_when_given(per_task_calls: list[int]) -> None:
     setup = make_setup()
-    _, ref_grads = reference_stacked(setup)
-    jacobian = torch.cat([g.reshape(NUM_TASKS, -1) for g in ref_grads[:-1]], dim=1)
-    stats = backward_per_task(batched_losses(setup), shared_of(setup), make("mean"), diagnostics=True)
-    assert stats.grad_norms is not None
-    assert stats.cosine is not None
-    unit = jacobian / jacobian.norm(dim=1, keepdim=True)
-    torch.testing.assert_close(stats.grad_norms, jacobian.norm(dim=1), **TOL)
-    torch.testing.assert_close(stats.cosine, unit @ unit.T, **TOL)
-    torch.testing.assert_close(stats.cosine.diagonal(), torch.ones(NUM_TASKS, dtype=torch.float64), **TOL)
+    loss_fn = model_loss_fn(setup)
+    loss_fn_calls: list[int] = []
+    batched_calls: list[int] = []
 
+    def counted_loss_fn(params: dict[str, Tensor], batch: Batch) -> Tensor:
+        loss_fn_calls.append(1)
+        return loss_fn(params, batch)
 
-def test_diagnostics_finite_for_a_zero_gradient_task() -> None:
-    setup = make_setup()
-    scale = torch.tensor([0.0, 1.0, 2.0, 1.0], dtype=torch.float64)
-
-    def loss_fn(params: dict[str, Tensor], batch: tuple[Tensor, Batch]) -> Tensor:
-        task_scale, one = batch
-        return task_scale * make_loss_fn(setup)({**params, "log_alpha": setup.log_alpha.detach()}, one)
+    def batched_loss() -> Tensor:
+        batched_calls.append(1)
+        return batched_losses(setup)
 
     params = dict(setup.model.named_parameters())
-    stats = backward_per_task_func(loss_fn, params, (scale, setup.batch), make("mean"), diagnostics=True)
-    assert stats.grad_norms is not None
-    assert stats.cosine is not None
-    assert torch.isfinite(stats.grad_norms).all()
-    assert torch.isfinite(stats.cosine).all()
-    assert stats.grad_norms[0] == 0
-    assert torch.all(stats.cosine[0] == 0)
-    assert torch.all(stats.cosine[:, 0] == 0)
-    assert torch.all(stats.grad_norms[1:] > 0)
-    torch.testing.assert_close(stats.cosine[1:, 1:].diagonal(), torch.ones(3, dtype=torch.float64), **TOL)
+    stats = backward_per_task_func(
+        counted_loss_fn, params, setup.batch, make("mean"), batched_loss=batched_loss
+    )
+    assert batched_calls == [1]
+    assert loss_fn_calls == [], "neither vmap nor functional_call when the batched loss is given"
+    assert per_task_calls == []
+    for param, ref in zip(shared_of(setup), reference_mean_grads(setup)[0], strict=True):
+        torch.testing.assert_close(param.grad, ref, **TOL)
+    torch.testing.assert_close(stats.losses, batched_losses(setup).detach(), **TOL)
+    # Only the tensors of params are differentiated: log_alpha, which the batched loss reads, is not.
+    assert setup.log_alpha.grad is None
+
+    # The per-task path (here for the diagnostics) has no use for it.
+    backward_per_task_func(
+        counted_loss_fn, params, setup.batch, make("mean"), diagnostics=True, batched_loss=batched_loss
+    )
+    assert batched_calls == [1]
+    assert per_task_calls == [1]
 
 
-@pytest.mark.parametrize("scale", [1e-30, 1.0, 1e30])
-def test_gradient_diagnostics_are_scale_safe(scale: float) -> None:
-    generator = torch.Generator().manual_seed(0)
-    jacobian = torch.randn(3, 10, generator=generator, dtype=torch.float64) * scale
-    jacobian[1] = 0.0
-    norms, cosine = gradient_diagnostics(jacobian)
-    assert torch.isfinite(cosine).all()
-    assert torch.all(cosine.abs() <= 1)
-    torch.testing.assert_close(norms, jacobian.norm(dim=1))
-    assert cosine[0, 0] == pytest.approx(1.0)
+def test_mean_shortcut_with_aux_returns_the_aux_of_the_batched_loss() -> None:
+    setup = make_setup()
+    loss_fn = model_loss_fn(setup)
+
+    def with_aux(params: dict[str, Tensor], batch: Batch) -> tuple[Tensor, Tensor]:
+        loss = loss_fn(params, batch)
+        return loss, 2 * loss.detach()
+
+    def batched_with_aux() -> tuple[Tensor, Tensor]:
+        losses = batched_losses(setup)
+        return losses, 2 * losses.detach()
+
+    params = dict(setup.model.named_parameters())
+    for batched_loss in (None, batched_with_aux):
+        stats, aux = backward_per_task_func(
+            with_aux, params, setup.batch, make("mean"), has_aux=True, batched_loss=batched_loss
+        )
+        assert isinstance(stats, CombinedGradient)
+        assert aux.shape == (NUM_TASKS,)
+        torch.testing.assert_close(aux, 2 * stats.losses, **TOL)
+        for param, ref in zip(shared_of(setup), reference_mean_grads(setup)[0], strict=True):
+            torch.testing.assert_close(param.grad, ref, **TOL)
+
+
+def test_mean_shortcut_overwrites_the_grad_in_place(per_task_calls: list[int]) -> None:
+    setup = make_setup()
+    buffers = []
+    for param in shared_of(setup):
+        param.grad = torch.full_like(param, 123.0)  # garbage from an earlier update
+        buffers.append(param.grad)
+    backward_per_task_func(
+        model_loss_fn(setup), dict(setup.model.named_parameters()), setup.batch, make("mean")
+    )
+    assert per_task_calls == []
+    for param, buffer, ref in zip(shared_of(setup), buffers, reference_mean_grads(setup)[0], strict=True):
+        assert param.grad is buffer, "the .grad buffer is reused, as on the per-task path"
+        torch.testing.assert_close(param.grad, ref, **TOL)
+
+
+def test_mean_shortcut_gives_an_unused_param_a_zero_grad(per_task_calls: list[int]) -> None:
+    setup = make_setup()
+    unused = nn.Parameter(torch.ones(3, dtype=torch.float64))
+    unused.grad = torch.full_like(unused, 5.0)
+    params = {**dict(setup.model.named_parameters()), "unused": unused}
+    backward_per_task_func(model_loss_fn(setup), params, setup.batch, make("mean"))
+    assert per_task_calls == []
+    assert torch.all(unused.grad == 0)
+
+
+def test_task_specific_params_turn_the_mean_shortcut_off(per_task_calls: list[int]) -> None:
+    setup = make_setup()
+    shared_names = [name for name, _ in setup.model.named_parameters()]
+    stats = backward_per_task_func(
+        make_loss_fn(setup), params_of(setup), setup.batch, make("mean"), shared_names=shared_names
+    )
+    assert per_task_calls == [1], "the shortcut would give log_alpha the mean, not the sum"
+    check_written(setup, stats)
+    _, log_alpha_sum = reference_mean_grads(setup)
+    torch.testing.assert_close(setup.log_alpha.grad, log_alpha_sum, **TOL)
+    assert not torch.allclose(setup.log_alpha.grad, log_alpha_sum / NUM_TASKS)
 
 
 # --------------------------------------------------------------------------------------------------
