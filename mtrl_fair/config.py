@@ -18,7 +18,7 @@ from typing import Any
 
 from hydra.core.config_store import ConfigStore
 
-from mtrl_fair.agents.mtsac import MTSACConfig
+from mtrl_fair.agents.config import MTSACConfig
 
 __all__ = ["BenchmarkConfig", "ConfigError", "TrainConfig", "register_schemas", "validate_train_config"]
 
@@ -69,7 +69,7 @@ def register_schemas() -> None:
 
 def validate_train_config(cfg: TrainConfig) -> list[str]:
     """Check every value before any environment starts; return the resolved task names."""
-    from mtrl_fair.agents.mtsac import resolve_device
+    from mtrl_fair.agents.device import resolve_device
     from mtrl_fair.combiners import make
     from mtrl_fair.envs import resolve_tasks
 

@@ -43,32 +43,51 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling benchmar
 from bench_combiners import paper_rl_write_grads
 
 from mtrl_fair.agents import MTSAC, MTSACConfig
+from mtrl_fair.agents.sac_update import SACUpdate
 from mtrl_fair.envs import make_vector_env
 from mtrl_fair.jacobian import CombinedGradient
 
 DEFAULT_COMBINERS = ["mean", "fairgrad", "pcgrad", "cagrad", "nashmtl"]
 
 
-class PaperPathMTSAC(MTSAC):
-    """``MTSAC`` whose combined losses take the published RL code's path (the reference, not ours).
+class PaperPathUpdate(SACUpdate):
+    """The SAC update whose combined losses take the published RL code's path (the reference, not ours).
 
     K backward passes through the shared graph (``retain_graph``), the K×K Gram matrix copied to the
     host, FairGrad's weights from 20 SGD steps there, and the weighted sum written to ``.grad``.
     """
 
-    def _backward_with_aux(
+    def backward(
         self,
         group: str,
-        loss_fn: Callable[[dict[str, Tensor], Any], tuple[Tensor, Tensor]],
+        loss_fn: Callable[[dict[str, Tensor] | None, Any], Any],
         params: dict[str, Tensor],
         task_batch: tuple[Tensor, ...],
+        *,
         diagnostics: bool,
-    ) -> tuple[CombinedGradient, Tensor]:
-        if not self._is_combined(group):
-            return super()._backward_with_aux(group, loss_fn, params, task_batch, diagnostics)
-        losses, aux = loss_fn(params, task_batch)
+        has_aux: bool,
+        batched_loss: Callable[[], Any],
+    ) -> tuple[CombinedGradient, Any]:
+        if not self.is_combined(group):
+            return super().backward(
+                group,
+                loss_fn,
+                params,
+                task_batch,
+                diagnostics=diagnostics,
+                has_aux=has_aux,
+                batched_loss=batched_loss,
+            )
+        value = loss_fn(params, task_batch)
+        losses, aux = value if has_aux else (value, None)
         weights = paper_rl_write_grads(losses, list(params.values()))
         return CombinedGradient(losses.detach(), weights), aux
+
+
+class PaperPathMTSAC(MTSAC):
+    """``MTSAC`` with :class:`PaperPathUpdate`."""
+
+    update_class = PaperPathUpdate
 
 
 def sync(device: torch.device) -> None:

@@ -61,7 +61,7 @@ def test_a_replay_is_the_eager_update(combiner: str) -> None:
                 combiner_graphed.generator(graphed.device).get_state()
             )
     torch.cuda.manual_seed(123)
-    graphed._iteration_on_device.fill_(graphed.iteration)
+    graphed._update.iteration.fill_(graphed.iteration)
     replayed = graphed._graphed_update(batch)
     torch.cuda.manual_seed(123)
     expected = eager.update(batch)

@@ -1,85 +1,38 @@
-"""Tests of mtrl_fair.agents.mtsac: the update, its combiners, predict, save/load, devices.
+"""Tests of mtrl_fair.agents.mtsac: the update, its combiners, predict, save/load, on a GPU.
 
-Agents are built without an environment (``num_tasks``, ``observation_space``, ``action_space``)
-and their replay buffers filled with random transitions whose observations end with the one-hot
-task id, as Meta-World's do.
+Agents are built without an environment by :mod:`agent_builders` (``num_tasks``,
+``observation_space``, ``action_space``), their replay buffers filled with random transitions whose
+observations end with the one-hot task id, as Meta-World's do. The hyperparameters' validation is
+tested in ``test_config.py``, ``resolve_device`` in ``test_device.py``.
 """
 
 from __future__ import annotations
 
 import copy
-import math
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 import torch
+from agent_builders import (
+    ACTION_DIM,
+    BATCH,
+    OBS_DIM,
+    STATE_DIM,
+    K,
+    fill,
+    make_agent,
+    one_hot_obs,
+    small_config,
+)
 from combiner_checks import no_host_sync
 from gymnasium.spaces import Box
 from markers import requires_cuda
 
-from mtrl_fair.agents import LOSS_GROUPS, MTSAC, MTSACConfig, TaskBatch, UpdateStats, resolve_device
+from mtrl_fair.agents import LOSS_GROUPS, MTSAC, TaskBatch, UpdateStats
 from mtrl_fair.combiners import available, make
 from mtrl_fair.combiners.famo import FAMO
-
-K = 3
-STATE_DIM = 6
-OBS_DIM = STATE_DIM + K
-ACTION_DIM = 4
-BATCH = 8
-
-
-def small_config(**overrides: Any) -> MTSACConfig:
-    values: dict[str, Any] = {
-        "hidden_sizes": [32, 32],
-        "batch_size_per_task": BATCH,
-        "buffer_size_per_task": 64,
-        "warmup_steps": 0,
-    }
-    values.update(overrides)
-    return MTSACConfig(**values)
-
-
-def make_agent(
-    combiner: Any = "mean",
-    *,
-    seed: int = 0,
-    num_tasks: int = K,
-    action_space: Box | None = None,
-    device: str = "cpu",
-    combiner_kwargs: dict[str, Any] | None = None,
-    **config: Any,
-) -> MTSAC:
-    return MTSAC(
-        num_tasks=num_tasks,
-        observation_space=Box(-np.inf, np.inf, (STATE_DIM + num_tasks,), np.float64),
-        action_space=action_space if action_space is not None else Box(-1.0, 1.0, (ACTION_DIM,), np.float32),
-        device=device,
-        seed=seed,
-        config=small_config(**config),
-        combiner=combiner,
-        combiner_kwargs=combiner_kwargs,
-    )
-
-
-def one_hot_obs(rng: np.random.Generator, num_tasks: int) -> np.ndarray:
-    return np.concatenate([rng.normal(size=(num_tasks, STATE_DIM)), np.eye(num_tasks)], axis=1)
-
-
-def fill(agent: MTSAC, transitions: int = 32, seed: int = 0) -> MTSAC:
-    """Random transitions, one per task per step, in the agent's replay buffer."""
-    rng = np.random.default_rng(seed)
-    num_tasks = agent.num_tasks
-    for _ in range(transitions):
-        agent.replay_buffer.add(
-            one_hot_obs(rng, num_tasks),
-            rng.uniform(-1.0, 1.0, size=(num_tasks, agent.action_dim)),
-            rng.normal(size=num_tasks),
-            one_hot_obs(rng, num_tasks),
-            rng.random(num_tasks) < 0.1,
-        )
-    return agent
 
 
 def fixed_batch(agent: MTSAC, seed: int = 0) -> TaskBatch:
@@ -243,7 +196,7 @@ def test_losses_not_combined_get_uniform_weights() -> None:
 
 
 # --------------------------------------------------------------------------------------------------
-# Configuration
+# Construction
 # --------------------------------------------------------------------------------------------------
 
 
@@ -273,49 +226,6 @@ def test_the_paper_setting_runs(combiner: str) -> None:
     assert np.array_equal(
         agent.predict(obs, deterministic=True)[0], agent.predict(shuffled, deterministic=True)[0]
     )
-
-
-def test_temperature_in_combine_needs_a_shared_temperature() -> None:
-    with pytest.raises(ValueError, match="shared_temperature"):
-        make_agent("fairgrad", combine=["critic", "actor", "temperature"])
-    with pytest.raises(ValueError, match="shared_temperature"):
-        small_config(combine=["temperature"]).validate()
-
-
-@pytest.mark.parametrize(
-    ("overrides", "key"),
-    [
-        ({"gamma": 1.0}, "agent.gamma"),
-        ({"gamma": -0.1}, "agent.gamma"),
-        ({"tau": 0.0}, "agent.tau"),
-        ({"tau": 1.5}, "agent.tau"),
-        ({"combine": ["critic", "policy"]}, "agent.combine"),
-        ({"combine": ["critic", "critic"]}, "agent.combine"),
-        ({"chunk_size": 0}, "agent.chunk_size"),
-        ({"hidden_sizes": []}, "agent.hidden_sizes"),
-        ({"hidden_sizes": [32, 0]}, "agent.hidden_sizes"),
-        ({"actor_lr": 0.0}, "agent.actor_lr"),
-        ({"critic_lr": math.nan}, "agent.critic_lr"),
-        ({"initial_temperature": -1.0}, "agent.initial_temperature"),
-        ({"batch_size_per_task": 0}, "agent.batch_size_per_task"),
-        ({"buffer_size_per_task": 0}, "agent.buffer_size_per_task"),
-        ({"warmup_steps": -1}, "agent.warmup_steps"),
-        ({"target_entropy": math.inf}, "agent.target_entropy"),
-    ],
-)
-def test_config_validation_names_the_key(overrides: dict[str, Any], key: str) -> None:
-    config = small_config(**overrides)
-    with pytest.raises(ValueError, match=key.replace(".", r"\.")) as info:
-        config.validate()
-    assert "\n" not in str(info.value)
-    with pytest.raises(ValueError, match=key.replace(".", r"\.")):
-        make_agent(**overrides)
-
-
-def test_valid_configs_pass() -> None:
-    MTSACConfig().validate()
-    small_config(gamma=0.0, tau=1.0, chunk_size=1, target_entropy=-2.0, warmup_steps=0).validate()
-    small_config(shared_temperature=True, combine=list(LOSS_GROUPS)).validate()
 
 
 def test_constructor_errors() -> None:
@@ -571,37 +481,8 @@ def test_save_does_not_change_the_agent(tmp_path: Path) -> None:
 
 
 # --------------------------------------------------------------------------------------------------
-# Devices
+# GPU
 # --------------------------------------------------------------------------------------------------
-
-
-def test_resolve_device_cpu_and_auto() -> None:
-    assert resolve_device("cpu") == torch.device("cpu")
-    assert resolve_device(torch.device("cpu")) == torch.device("cpu")
-    expected = "cuda" if torch.cuda.is_available() else "cpu"
-    assert resolve_device("auto").type == expected
-
-
-@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message given when CUDA is absent")
-@pytest.mark.parametrize("device", ["cuda", "cuda:0", "cuda:1"])
-def test_resolve_device_cuda_without_cuda(device: str) -> None:
-    with pytest.raises(ValueError, match="CUDA is not available") as info:
-        resolve_device(device)
-    assert "device=cpu" in str(info.value)
-    with pytest.raises(ValueError, match="CUDA is not available"):
-        make_agent(device=device)
-
-
-@pytest.mark.parametrize("device", ["tpu", "gpu", "", "cuda:x"])
-def test_resolve_device_unknown(device: str) -> None:
-    with pytest.raises(ValueError, match=r"allowed: auto, cpu, cuda") as info:
-        resolve_device(device)
-    assert "\n" not in str(info.value)
-
-
-def test_resolve_device_unsupported_kind() -> None:
-    with pytest.raises(ValueError, match="unsupported device 'meta'"):
-        resolve_device("meta")
 
 
 @requires_cuda

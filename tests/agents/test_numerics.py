@@ -1,4 +1,7 @@
-"""A non-finite loss or gradient never reaches the weights: the update is skipped and counted."""
+"""Tests of mtrl_fair.agents.numerics: a non-finite loss or gradient never reaches the weights.
+
+The update is skipped whole and counted; too many skips in a row stop training.
+"""
 
 from __future__ import annotations
 
