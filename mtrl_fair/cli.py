@@ -88,7 +88,8 @@ def _train(overrides: list[str]) -> int:
         from hydra.types import RunMode
 
         from mtrl_fair.agents import NonFiniteUpdateError
-        from mtrl_fair.training import holds_run, run_training
+        from mtrl_fair.run_dir import holds_run
+        from mtrl_fair.training import run_training
 
         run_dir = Path(HydraConfig.get().runtime.output_dir)
         in_sweep = HydraConfig.get().mode == RunMode.MULTIRUN
@@ -144,7 +145,7 @@ def _precheck(overrides: list[str]) -> str | None:
     from omegaconf.errors import OmegaConfBaseException
 
     from mtrl_fair.config import validate_train_config
-    from mtrl_fair.training import check_new_run_dir
+    from mtrl_fair.run_dir import check_new_run_dir
 
     sweep = bool(flags)
     task_overrides = _task_overrides(overrides)
@@ -263,7 +264,7 @@ def _parse_eval_args(args: list[str]) -> tuple[Path, dict[str, Any]]:
 
 def _eval(args: list[str]) -> int:
     from mtrl_fair.agents import MTSAC, CheckpointError, load_checkpoint
-    from mtrl_fair.training import latest_checkpoint
+    from mtrl_fair.run_dir import latest_checkpoint
 
     try:
         path, options = _parse_eval_args(args)

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+from cli_runs import cli, metric_steps
 
 TASKS = "benchmark.tasks=[reach-v3,drawer-close-v3]"
 # A tiny, fast run: 2 tasks, small networks, short episodes, few warm-up steps.
@@ -26,21 +27,6 @@ TINY = [
     "progress=false",
     "device=cpu",
 ]
-
-
-def cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HYDRA_FULL_ERROR": "0"}
-    return subprocess.run(
-        [sys.executable, "-m", "mtrl_fair.cli", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env=env,
-    )
-
-
-def metric_steps(run_dir: Path) -> list[int]:
-    return [json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
 def test_train_eval_and_resume(tmp_path: Path) -> None:

@@ -1,4 +1,4 @@
-"""Run-level checks of mtrl_fair.training that need no environment."""
+"""Tests of mtrl_fair.resources: what a run needs from the machine, said before it starts."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 
 from mtrl_fair.config import TrainConfig
-from mtrl_fair.training import replay_buffer_bytes, resource_warnings
+from mtrl_fair.resources import replay_buffer_bytes, resource_warnings
 
 GIB = 2**30
 
