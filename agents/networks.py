@@ -53,6 +53,17 @@ class EnsembleLinear(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         return torch.baddbmm(self.bias, x, self.weight)
 
+    def task_gradients(self, inputs: Tensor, output_grads: Tensor, num_tasks: int) -> dict[str, Tensor]:
+        """Per-task gradients ``(K, members, in, out)`` and ``(K, members, 1, out)`` from the inputs
+        ``(members, N, in)`` and output gradients ``(members, N, out)`` of rows ordered task-major
+        (see :mod:`mtrl_fair.layer_jacobian`)."""
+        members, _, in_features = inputs.shape
+        x = inputs.reshape(members * num_tasks, -1, in_features)
+        delta = output_grads.reshape(members * num_tasks, -1, output_grads.shape[-1])
+        weight = torch.bmm(x.transpose(1, 2), delta).view(members, num_tasks, in_features, -1)
+        bias = delta.sum(dim=1).view(members, num_tasks, 1, -1)
+        return {"weight": weight.transpose(0, 1), "bias": bias.transpose(0, 1)}
+
     def extra_repr(self) -> str:
         members, in_features, out_features = self.weight.shape
         return f"members={members}, in_features={in_features}, out_features={out_features}"

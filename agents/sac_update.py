@@ -113,6 +113,7 @@ class SACUpdate:
         params: dict[str, Tensor],
         task_batch: tuple[Tensor, ...],
         *,
+        module: nn.Module,
         diagnostics: bool,
         has_aux: bool,
         batched_loss: Callable[[], Any],
@@ -133,6 +134,7 @@ class SACUpdate:
             randomness="error",
             has_aux=has_aux,
             batched_loss=batched_loss,
+            module=module,
         )
         return result if has_aux else (result, None)
 
@@ -170,6 +172,7 @@ class SACUpdate:
             critic_loss_fn,
             critic_params,
             critic_batch,
+            module=self.critic,
             diagnostics=diagnostics,
             has_aux=False,
             batched_loss=lambda: critic_loss_fn(None, critic_batch),
@@ -198,6 +201,7 @@ class SACUpdate:
             actor_loss_fn,
             actor_params,
             actor_batch,
+            module=self.actor,
             diagnostics=diagnostics,
             has_aux=True,
             batched_loss=lambda: actor_loss_fn(None, actor_batch),

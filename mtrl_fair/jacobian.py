@@ -52,13 +52,14 @@ from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any, Literal, overload
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 from torch.func import grad_and_value, vmap
 
 from mtrl_fair.combined_grad import CombinedGradient, set_grad, write_combined_grad
 from mtrl_fair.combiners.base import Combiner
 from mtrl_fair.combiners.mean import Mean
 from mtrl_fair.gram import gradient_diagnostics, gram_diagnostics, mean_pairwise_cosine
+from mtrl_fair.layer_jacobian import layer_task_gradients, supports_layer_gradients
 
 __all__ = [
     "CombinedGradient",
@@ -285,6 +286,7 @@ def backward_per_task_func(
     randomness: Randomness = "different",
     has_aux: Literal[False] = False,
     batched_loss: Callable[[], Tensor] | None = None,
+    module: nn.Module | None = None,
 ) -> CombinedGradient: ...
 
 
@@ -301,6 +303,7 @@ def backward_per_task_func(
     randomness: Randomness = "different",
     has_aux: Literal[True],
     batched_loss: Callable[[], tuple[Tensor, Any]] | None = None,
+    module: nn.Module | None = None,
 ) -> tuple[CombinedGradient, Any]: ...
 
 
@@ -316,6 +319,7 @@ def backward_per_task_func(
     randomness: Randomness = "different",
     has_aux: bool = False,
     batched_loss: Callable[[], Any] | None = None,
+    module: nn.Module | None = None,
 ) -> CombinedGradient | tuple[CombinedGradient, Any]:
     """The combined counterpart of ``losses.mean().backward()`` on the functional (vmap) path.
 
@@ -349,7 +353,13 @@ def backward_per_task_func(
     if isinstance(combiner, Mean) and not diagnostics and len(shared_set) == len(names):
         return _backward_mean(loss_fn, params, task_batch, chunk_size, randomness, has_aux, batched_loss)
     aux = None
-    if has_aux:
+    if module is not None and batched_loss is not None and _layer_path_applies(module, params):
+        def with_aux() -> tuple[Tensor, Any]:
+            value = batched_loss()
+            return value if has_aux else (value, None)
+
+        losses, grads, aux = layer_task_gradients(with_aux, module)
+    elif has_aux:
         losses, grads, aux = per_task_gradients(
             loss_fn, params, task_batch, chunk_size=chunk_size, randomness=randomness, has_aux=True
         )
@@ -398,4 +408,10 @@ def _backward_mean(
     num_tasks = losses.shape[0]
     combined = CombinedGradient(losses.detach(), losses.new_full((num_tasks,), 1.0 / num_tasks).detach())
     return (combined, aux) if has_aux else combined
+
+
+def _layer_path_applies(module: nn.Module, params: Mapping[str, Tensor]) -> bool:
+    """Whether ``params`` are exactly ``module``'s parameters, all in layers of known per-task gradient."""
+    own = dict(module.named_parameters())
+    return own.keys() == params.keys() and all(own[n] is params[n] for n in own) and supports_layer_gradients(module)
 

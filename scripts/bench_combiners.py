@@ -13,8 +13,12 @@ interleaved (each repeat runs every method once), so that their ratios are measu
   (``paper_rl``: Gram copied to the CPU, 20 SGD steps, via ``make("fairgrad", solver="sgd")``).
 * ``backward``: one full update producing ``.grad`` for the critic, forward pass included:
   ``mean`` is plain ``losses.mean().backward()`` (the baseline every ratio refers to); every
-  registry combiner goes through :func:`mtrl_fair.jacobian.backward_per_task_func` (vmap path), or
-  also :func:`mtrl_fair.jacobian.backward_per_task` with ``--generic`` (method ``<name>/generic``);
+  registry combiner goes through :func:`mtrl_fair.jacobian.backward_per_task_func` as the agents
+  call it (``module=``: per-task gradients of the linear layers from one backward pass, see
+  :mod:`mtrl_fair.layer_jacobian`; ``mean`` itself takes its one-backward shortcut, as
+  ``mean/combined``), with ``--vmap`` also through its ``torch.func.vmap`` path (method
+  ``<name>/vmap``), and with ``--generic`` through :func:`mtrl_fair.jacobian.backward_per_task`
+  (method ``<name>/generic``);
   ``paper_rl`` reimplements the published RL code (K separate backward passes, Gram to the CPU,
   20 SGD steps with a host read per step, ``.grad`` written from the weighted rows).
 
@@ -293,32 +297,32 @@ def bench_tasks(num_tasks: int, device: torch.device, args: argparse.Namespace) 
         # The baseline is always measured: every ratio refers to it.
         add(Result(num_tasks, BASELINE, "backward"), mean_backward)
         for name in names:
-            # The combiner "mean" through the vmap path is reported next to the baseline as mean/vmap.
-            method = f"{name}/vmap" if name == BASELINE else name
-            result = Result(num_tasks, method, "backward", extra={"path": "vmap"})
             combiner = combiners.get(name)
-            if combiner is None:
-                result.skipped = failed[name]
-                results.append(result)
-            else:
-
-                def vmap_update(c: Combiner = combiner) -> None:
-                    critic.zero_grad(set_to_none=True)
-                    backward_per_task_func(loss_fn, params, (x, y), c)
-
-                add(result, vmap_update)
+            # The combiner "mean" through the combined front door is reported next to the baseline.
+            paths = [("layers", f"{name}/combined" if name == BASELINE else name)]
+            if args.vmap:
+                paths.append(("vmap", f"{name}/vmap"))
             if args.generic:
-                generic = Result(num_tasks, f"{name}/generic", "backward", extra={"path": "generic"})
+                paths.append(("generic", f"{name}/generic"))
+            for path, method in paths:
+                result = Result(num_tasks, method, "backward", extra={"path": path})
                 if combiner is None:
-                    generic.skipped = failed[name]
-                    results.append(generic)
-                else:
+                    result.skipped = failed[name]
+                    results.append(result)
+                    continue
 
-                    def generic_update(c: Combiner = combiner) -> None:
-                        critic.zero_grad(set_to_none=True)
+                def update(c: Combiner = combiner, path: str = path) -> None:
+                    critic.zero_grad(set_to_none=True)
+                    if path == "layers":  # what the agents do: per-task gradients from one backward pass
+                        backward_per_task_func(
+                            loss_fn, params, (x, y), c, batched_loss=lambda: task_losses(critic, x, y), module=critic
+                        )
+                    elif path == "vmap":  # torch.func.vmap over a per-task loss function
+                        backward_per_task_func(loss_fn, params, (x, y), c)
+                    else:  # one batched backward from the (K,) losses
                         backward_per_task(task_losses(critic, x, y), list(critic.parameters()), c)
 
-                    add(generic, generic_update)
+                add(result, update)
         if wanted(PAPER_RL, args):
             add(Result(num_tasks, PAPER_RL, "backward"), lambda: paper_rl_backward(critic, x, y))
     measure_all(entries, device, args)
@@ -424,6 +428,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help=f"only these methods (registry names, {TORCHJD_FAIRGRAD}, {PAPER_RL}); the mean baseline always runs",
     )
     parser.add_argument("--what", nargs="+", choices=["solve", "backward"], default=["solve", "backward"])
+    parser.add_argument("--vmap", action="store_true", help="also time the vmap path (method <name>/vmap)")
     parser.add_argument("--generic", action="store_true", help="also time the generic (autograd) path")
     parser.add_argument("--quick", action="store_true", help="few repeats, for a smoke test")
     parser.add_argument("--seed", type=int, default=0)

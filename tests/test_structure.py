@@ -26,6 +26,7 @@ ROOMS = {
     "mtrl_fair.jacobian": "gradients",
     "mtrl_fair.gram": "gradients",
     "mtrl_fair.combined_grad": "gradients",
+    "mtrl_fair.layer_jacobian": "gradients",
     "mtrl_fair.envs": "envs",
     "mtrl_fair.agents": "agents",
     "mtrl_fair.sb3": "sb3",

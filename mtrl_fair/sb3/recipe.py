@@ -83,10 +83,12 @@ def combined_backward(
     one backward pass instead of per-task gradients, unless ``diagnostics`` asks for them).
 
     ``batched_loss()``, optional, returns the same loss for every task at once, ``(K,)``, computed
-    with ``module`` itself on the whole batch; the ``mean`` shortcut then uses it instead of
-    ``vmap(loss_fn)``, which saves their Python overhead (most of a small update's time on a GPU).
+    with ``module`` itself on the whole batch, its rows ordered task-major. The ``mean`` shortcut
+    then uses it instead of ``vmap(loss_fn)``, and when every parameter of ``module`` belongs to a
+    linear layer (SB3's MLP policies) so do the per-task gradients: one backward pass, with the
+    weight gradients as products batched over tasks (:mod:`mtrl_fair.layer_jacobian`), which saves
+    vmap's Python overhead (most of a small update's time on a GPU).
     """
-
     return backward_per_task_func(
         loss_fn,
         dict(module.named_parameters()),
@@ -95,6 +97,7 @@ def combined_backward(
         diagnostics=diagnostics,
         randomness="error",
         batched_loss=batched_loss,
+        module=module,
     )
 
 

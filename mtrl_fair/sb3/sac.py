@@ -241,6 +241,7 @@ class MultiTaskSAC(SAC):
             randomness="error",
             has_aux=True,
             batched_loss=lambda: actor_losses(actor, None, critic, None, *actor_batch),
+            module=actor,
         )
         self.actor.optimizer.step()
         after_step(self._combiner_for("actor"), lambda p, t: actor_loss(p, t)[0], actor_params, actor_batch)

@@ -228,3 +228,27 @@ def test_mlp_layout() -> None:
     assert [(m.in_features, m.out_features) for m in linears] == [(4, 8), (8, 16), (16, 2)]
     assert sum(isinstance(m, nn.ReLU) for m in net) == 2
     assert not isinstance(net[-1], nn.ReLU)
+
+
+def test_the_twin_critic_per_task_gradients_equal_vmap() -> None:
+    from torch.func import functional_call
+
+    from mtrl_fair.jacobian import per_task_gradients
+    from mtrl_fair.layer_jacobian import layer_task_gradients, supports_layer_gradients
+
+    num_tasks, batch, obs_dim, action_dim = 3, 4, 5, 2
+    torch.manual_seed(0)
+    critic = TwinCritic(obs_dim, action_dim, [8, 8]).double()
+    assert supports_layer_gradients(critic)
+    obs = torch.randn(num_tasks, batch, obs_dim, dtype=torch.float64)
+    action = torch.randn(num_tasks, batch, action_dim, dtype=torch.float64)
+    target = torch.randn(num_tasks, batch, dtype=torch.float64)
+
+    def loss_fn(params: dict[str, torch.Tensor] | None, task: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        q = critic(task[0], task[1]) if params is None else functional_call(critic, params, (task[0], task[1]))
+        return 0.5 * (q - task[2]).square().mean(dim=-1).sum(dim=0)
+
+    _, grads, _ = layer_task_gradients(lambda: (loss_fn(None, (obs, action, target)), None), critic)
+    _, expected = per_task_gradients(loss_fn, dict(critic.named_parameters()), (obs, action, target))
+    for name, grad in expected.items():
+        torch.testing.assert_close(grads[name], grad, rtol=1e-10, atol=1e-12)

@@ -5,11 +5,16 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+from sb3_settings import small
 from torch import Tensor, nn
 from torch.func import functional_call
 
+from mtrl_fair.agents.sac_losses import critic_losses
 from mtrl_fair.combiners import make
-from mtrl_fair.sb3.recipe import combined_backward
+from mtrl_fair.jacobian import backward_per_task_func
+from mtrl_fair.layer_jacobian import supports_layer_gradients
+from mtrl_fair.sb3 import MultiTaskSAC
+from mtrl_fair.sb3.recipe import combined_backward, sample_per_task
 
 
 def _linear_losses() -> tuple[nn.Linear, Tensor, Any]:
@@ -60,3 +65,29 @@ def test_combined_backward_with_fairgrad_protects_the_small_conflicting_task() -
     assert g1 @ fair_step < 0
     assert directions[0] @ fair_step < 0
     assert result.weights[1] > result.weights[0]
+
+
+def test_the_layer_path_of_sb3_networks_equals_the_vmap_path(env: Any) -> None:
+    """SB3's MLP critic and actor qualify for per-task gradients from one backward pass; the
+    MultiTaskSAC update's combined .grad is the same as through vmap."""
+    model = MultiTaskSAC("MlpPolicy", env, combiner="fairgrad", **small())
+    model.learn(40 * env.num_envs)
+    critic = model._ensemble_critic
+    assert supports_layer_gradients(critic)
+    assert supports_layer_gradients(model._actor_distribution)
+    batch = sample_per_task(model.replay_buffer, 8, env.num_envs)  # type: ignore[arg-type]
+    target = batch.rewards.squeeze(-1)
+    task_batch = (batch.observations, batch.actions, target)
+
+    def loss_fn(params: dict[str, Tensor], task: tuple[Tensor, ...]) -> Tensor:
+        return critic_losses(critic, params, *task)
+
+    params = dict(critic.named_parameters())
+    via_layers = combined_backward(
+        loss_fn, critic, task_batch, make("fairgrad"), batched_loss=lambda: critic_losses(critic, None, *task_batch)
+    )
+    layer_grads = [p.grad.clone() for p in critic.parameters()]
+    via_vmap = backward_per_task_func(loss_fn, params, task_batch, make("fairgrad"), randomness="error")
+    for param, grad in zip(critic.parameters(), layer_grads, strict=True):
+        torch.testing.assert_close(grad, param.grad, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(via_layers.weights, via_vmap.weights, rtol=1e-4, atol=1e-6)

@@ -1,0 +1,102 @@
+"""Per-task gradients of linear layers from one ordinary backward pass.
+
+For a linear layer ``z = x Wᵀ + b`` the gradient of a loss is ``Σ_rows δ xᵀ`` (and ``Σ_rows δ``
+for the bias), with ``δ = ∂loss/∂z`` the gradient at the layer's output. When the K task losses
+each depend only on their own task's rows of the batch (``(K, B, ...)``, task-major), one backward
+pass of their sum gives every row's ``δ`` for its own task, and task ``k``'s gradient is the sum
+over its rows only: a batched product ``δ_kᵀ x_k`` over the K tasks. So the per-task Jacobian
+costs the batched forward and backward of the plain mean update, with the weight-gradient product
+batched over tasks, instead of ``torch.func.vmap`` over a per-task loss function, whose batching
+rules add hundreds of small operations (each a kernel launch on a GPU).
+
+A layer qualifies if it is an ``nn.Linear``, or if it has a ``task_gradients(inputs, output_grads,
+num_tasks)`` method that returns the per-task gradient of each of its own parameters by name (the
+twin critic's ensemble layer does). :func:`layer_task_gradients` takes the module whose parameters
+are to be differentiated; every parameter must belong to a qualifying layer
+(:func:`supports_layer_gradients` says whether it does), otherwise use the vmap path of
+:mod:`mtrl_fair.jacobian`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["layer_task_gradients", "linear_task_gradients", "supports_layer_gradients"]
+
+
+def _layers(module: nn.Module) -> list[tuple[str, nn.Module]]:
+    """The qualifying layers of ``module``, by their prefix in ``module.named_parameters()``."""
+    return [
+        (name, layer)
+        for name, layer in module.named_modules()
+        if isinstance(layer, nn.Linear) or callable(getattr(layer, "task_gradients", None))
+    ]
+
+
+def supports_layer_gradients(module: nn.Module) -> bool:
+    """Whether every parameter of ``module`` belongs to exactly one layer whose per-task gradient is known."""
+    owned = [id(p) for _, layer in _layers(module) for p in layer.parameters(recurse=False)]
+    everything = [id(p) for p in module.parameters()]
+    return len(owned) == len(set(owned)) and set(owned) == set(everything)
+
+
+def linear_task_gradients(inputs: Tensor, output_grads: Tensor, num_tasks: int) -> dict[str, Tensor]:
+    """Per-task gradients of an ``nn.Linear``'s ``weight`` ``(K, out, in)`` and ``bias`` ``(K, out)``.
+
+    ``inputs`` and ``output_grads`` have the rows of all tasks in their leading dimensions,
+    task-major (``(K, B, ·)`` or ``(K·B, ·)``).
+    """
+    x = inputs.reshape(num_tasks, -1, inputs.shape[-1])
+    delta = output_grads.reshape(num_tasks, -1, output_grads.shape[-1])
+    return {"weight": torch.bmm(delta.transpose(1, 2), x), "bias": delta.sum(dim=1)}
+
+
+def layer_task_gradients(
+    batched_loss: Callable[[], tuple[Tensor, Any]], module: nn.Module
+) -> tuple[Tensor, dict[str, Tensor], Any]:
+    """The ``(K,)`` losses, the per-task gradient of every parameter of ``module`` and the aux output.
+
+    ``batched_loss()`` computes the K task losses on the whole ``(K, B, ...)`` batch with
+    ``module`` itself (and any other module, whose parameters are not differentiated), and returns
+    ``(losses, aux)``. The gradients are ``{name: (K, *param.shape)}`` with the names of
+    ``module.named_parameters()``, detached.
+    """
+    records: list[tuple[str, nn.Module, Tensor, Tensor]] = []
+
+    def record(prefix: str) -> Callable[[nn.Module, tuple[Tensor, ...], Tensor], None]:
+        def hook(layer: nn.Module, args: tuple[Tensor, ...], output: Tensor) -> None:
+            records.append((prefix, layer, args[0], output))
+
+        return hook
+
+    handles = [layer.register_forward_hook(record(prefix)) for prefix, layer in _layers(module)]
+    try:
+        losses, aux = batched_loss()
+    finally:
+        for handle in handles:
+            handle.remove()
+    num_tasks = losses.shape[0]
+    # Gradients at the layers' outputs only: the weight-gradient products of an ordinary backward
+    # pass are not computed, the batched ones below replace them.
+    output_grads = torch.autograd.grad(losses.sum(), [output for *_, output in records], allow_unused=True)
+    grads: dict[str, Tensor] = {}
+    for (prefix, layer, inputs, output), delta in zip(records, output_grads, strict=True):
+        if delta is None:
+            delta = torch.zeros_like(output)
+        rule = getattr(layer, "task_gradients", None)
+        per_param = (
+            rule(inputs.detach(), delta, num_tasks)
+            if callable(rule)
+            else linear_task_gradients(inputs.detach(), delta, num_tasks)
+        )
+        for name, grad in per_param.items():
+            key = f"{prefix}.{name}" if prefix else name
+            grads[key] = grads[key] + grad if key in grads else grad  # a layer called twice
+    for name, param in module.named_parameters():
+        if name not in grads:  # a layer the loss did not call
+            grads[name] = param.new_zeros((num_tasks, *param.shape))
+    return losses.detach(), grads, aux
