@@ -10,10 +10,11 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-__all__ = ["LOSS_GROUPS", "MTSACConfig"]
+__all__ = ["LOSS_GROUPS", "MATMUL_PRECISIONS", "MTSACConfig"]
 
 LOSS_GROUPS = ("critic", "actor", "temperature")
 """The per-task losses of SAC; ``MTSACConfig.combine`` names those that go through the combiner."""
+MATMUL_PRECISIONS = ("highest", "high")
 
 
 @dataclass
@@ -44,21 +45,28 @@ class MTSACConfig:
     """Compute per-task gradients this many tasks at a time (bounds memory for MT50); None: all."""
     max_consecutive_skips: int = 100
     """Stop training after this many updates in a row had a non-finite loss or gradient."""
-    cuda_graph: bool = False
-    """On CUDA, record the update once as a CUDA graph and replay it every iteration.
+    cuda_graph: bool | str = "auto"
+    """Record the update once as a CUDA graph and replay it every iteration: ``auto`` (on CUDA,
+    the default), ``true`` or ``false``.
 
     One launch replaces the hundreds of small kernels of an eager update, which is launch-bound on
     a GPU. The first updates run eagerly (on a side stream, to warm up), the iterations that
     compute diagnostics run eagerly, and a combiner whose solve cannot be captured falls back to
-    the eager update with a warning. Ignored on the CPU.
+    the eager update with a one-line warning. Never on the CPU.
     """
-    overlap_env_steps: bool = False
-    """Step the envs in a background thread while the update runs (after warm-up).
+    overlap_env_steps: bool | str = "auto"
+    """Step the envs in a background thread while the update runs (after warm-up): ``auto`` (on
+    CUDA, the default), ``true`` or ``false``.
 
     The update then samples the buffer before the current step's transition is added, one
-    transition later than in the sequential loop. It pays when the envs are stepped in other
-    processes (``vector_strategy=async``) and the update runs on a GPU: neither waits for the other.
+    transition later than in the sequential loop. It pays when the update runs on a GPU: the
+    host steps the simulators while the device computes. On the CPU the update is the whole cost
+    and both compete for the same cores, so ``auto`` leaves it off there.
     """
+    matmul_precision: str = "highest"
+    """float32 matrix products: ``highest`` (full float32, the default) or ``high`` (TF32 on
+    Ampere and newer GPUs, as JAX's default precision there; no effect on the CPU). It is torch's
+    process-wide setting (``torch.set_float32_matmul_precision``), applied when the agent is built."""
 
     def validate(self) -> None:
         """Raise a one-line :class:`ValueError` for any value outside its allowed range."""
@@ -97,3 +105,11 @@ class MTSACConfig:
             raise ValueError(f"agent.max_consecutive_skips must be >= 1, got {self.max_consecutive_skips}")
         if self.chunk_size is not None and self.chunk_size < 1:
             raise ValueError(f"agent.chunk_size must be >= 1 or null, got {self.chunk_size}")
+        for name in ("cuda_graph", "overlap_env_steps"):
+            value = getattr(self, name)
+            if not (isinstance(value, bool) or value == "auto"):
+                raise ValueError(f"agent.{name} must be auto, true or false, got {value!r}")
+        if self.matmul_precision not in MATMUL_PRECISIONS:
+            raise ValueError(
+                f"agent.matmul_precision must be one of {', '.join(MATMUL_PRECISIONS)}, got {self.matmul_precision!r}"
+            )

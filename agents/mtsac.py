@@ -29,7 +29,7 @@ from mtrl_fair.agents.buffer import MultiTaskReplayBuffer, TaskBatch
 from mtrl_fair.agents.checkpoint import load_checkpoint, save_checkpoint
 from mtrl_fair.agents.config import LOSS_GROUPS, MTSACConfig
 from mtrl_fair.agents.cuda_graph import UpdateGraph
-from mtrl_fair.agents.device import resolve_device
+from mtrl_fair.agents.device import resolve_device, resolve_switch
 from mtrl_fair.agents.networks import Actor, TwinCritic, squashed_gaussian
 from mtrl_fair.agents.progress import ProgressBar
 from mtrl_fair.agents.sac_update import SACUpdate
@@ -129,8 +129,11 @@ class MTSAC:
         # Fused Adam skips a step on the device when its found_inf flag is set (the mechanism AMP's
         # GradScaler uses): a non-finite update is dropped without reading anything back to the host.
         # A captured update needs the optimizers' step counts on the device (capturable).
-        self._use_graph = self.config.cuda_graph and self.device.type == "cuda"
-        capturable = self._use_graph
+        self.use_cuda_graph = resolve_switch(self.config.cuda_graph, self.device) and self.device.type == "cuda"
+        self.overlap_env_steps = resolve_switch(self.config.overlap_env_steps, self.device)
+        if self.device.type == "cuda":
+            torch.set_float32_matmul_precision(self.config.matmul_precision)
+        capturable = self.use_cuda_graph
         self.actor_optimizer = torch.optim.Adam(
             self.actor.parameters(), lr=self.config.actor_lr, fused=True, capturable=capturable
         )
@@ -267,7 +270,7 @@ class MTSAC:
         if self._last_obs is None:
             self._last_obs, _ = env.reset(seed=self.seed + self.iteration)
         progress = ProgressBar(iterations, label="MTSAC") if progress_bar else None
-        collector = ThreadPoolExecutor(max_workers=1) if cfg.overlap_env_steps else None
+        collector = ThreadPoolExecutor(max_workers=1) if self.overlap_env_steps else None
         try:
             for done in range(1, iterations + 1):
                 # 1. Collect: one step of every task's env (in the background while this iteration
@@ -316,7 +319,7 @@ class MTSAC:
         batch = self.replay_buffer.sample(self.config.batch_size_per_task)
         due = self.diagnostics_every > 0 and iteration % self.diagnostics_every == 0
         self._update.iteration.fill_(iteration)
-        if self._use_graph and not due:
+        if self.use_cuda_graph and not due:
             stats = self._graphed_update(batch)
         else:
             stats = self._update(batch, due)

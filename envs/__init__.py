@@ -16,6 +16,7 @@ from .benchmarks import (
     final_observations,
     make_vector_env,
     resolve_tasks,
+    resolve_vector_strategy,
     vector_env_task_names,
 )
 from .evaluation import EvalResult, evaluate
@@ -28,5 +29,6 @@ __all__ = [
     "final_observations",
     "make_vector_env",
     "resolve_tasks",
+    "resolve_vector_strategy",
     "vector_env_task_names",
 ]

@@ -30,8 +30,12 @@ import gymnasium as gym
 import numpy as np
 from metaworld import env_dict  # importing metaworld registers its "Meta-World/..." gymnasium ids
 
+from .hardware import available_cores, gpu_driver_present
+
 BENCHMARKS: tuple[str, ...] = ("MT10", "MT50")
-VECTOR_STRATEGIES: tuple[str, ...] = ("sync", "async")
+VECTOR_STRATEGIES: tuple[str, ...] = ("auto", "sync", "async")
+MIN_CORES_FOR_ASYNC = 4
+"""Below this many cores, one process per task leaves too little room for the trainer: ``auto`` is sync."""
 MetaWorldVectorEnv: TypeAlias = gym.vector.SyncVectorEnv | gym.vector.AsyncVectorEnv
 """What :func:`make_vector_env` returns: the two gymnasium vector envs Meta-World builds."""
 MAX_EPISODE_STEPS = 500
@@ -84,12 +88,36 @@ def resolve_tasks(benchmark: str, tasks: Sequence[str] | None) -> list[str]:
     return chosen
 
 
+def resolve_vector_strategy(
+    strategy: str, *, gpu: bool | None = None, cores: int | None = None
+) -> tuple[str, str]:
+    """``(sync or async, why)`` for a ``vector_strategy`` of ``auto``, ``sync`` or ``async``.
+
+    ``auto`` is ``async`` (one process per task) when the update runs on a GPU and the machine has
+    at least :data:`MIN_CORES_FOR_ASYNC` cores: the simulators then step in parallel while the
+    host is free. Otherwise it is ``sync``: with a CPU update the trainer needs the cores itself,
+    and with few cores the processes would only take turns. ``gpu`` says whether the update runs
+    on a GPU (default: whether a GPU driver is present); ``cores`` defaults to this process's cores.
+    """
+    if strategy not in VECTOR_STRATEGIES:
+        raise ValueError(f"unknown vector_strategy {strategy!r}; allowed: {', '.join(VECTOR_STRATEGIES)}")
+    if strategy != "auto":
+        return strategy, "as asked"
+    gpu = gpu_driver_present() if gpu is None else gpu
+    cores = available_cores() if cores is None else cores
+    if not gpu:
+        return "sync", "the update runs on the CPU"
+    if cores < MIN_CORES_FOR_ASYNC:
+        return "sync", f"only {cores} CPU cores (async envs need at least {MIN_CORES_FOR_ASYNC})"
+    return "async", f"a GPU update and {cores} CPU cores"
+
+
 def make_vector_env(
     benchmark: str = "MT10",
     tasks: Sequence[str] | None = None,
     *,
     seed: int = 0,
-    vector_strategy: str = "sync",
+    vector_strategy: str = "auto",
     max_episode_steps: int = MAX_EPISODE_STEPS,
 ) -> MetaWorldVectorEnv:
     """A vector env with one sub-env per task, observations ``(K, 39 + K)``, actions ``(K, 4)``.
@@ -99,15 +127,16 @@ def make_vector_env(
     from Meta-World's 50 pre-sampled goals of its task. Every seed, 0 included, gives a seeded,
     deterministic env. Autoreset is SAME_STEP and training never terminates on success (see the
     module docstring). :func:`vector_env_task_names` reads back the task of each sub-env.
+
+    ``vector_strategy``: ``sync`` (all sub-envs in this process), ``async`` (one process each) or
+    ``auto`` (async where a GPU is present and there are cores for it, see
+    :func:`resolve_vector_strategy`).
     """
     canonical = _canonical_benchmark(benchmark)
     task_names = resolve_tasks(canonical, tasks)
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise ValueError(f"seed must be an integer >= 0, got {seed!r}")
-    if vector_strategy not in VECTOR_STRATEGIES:
-        raise ValueError(
-            f"unknown vector_strategy {vector_strategy!r}; allowed: {', '.join(VECTOR_STRATEGIES)}"
-        )
+    vector_strategy, _ = resolve_vector_strategy(vector_strategy)
     if (
         isinstance(max_episode_steps, bool)
         or not isinstance(max_episode_steps, (int, np.integer))

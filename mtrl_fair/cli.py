@@ -16,6 +16,7 @@ import json
 import re
 import shutil
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +44,15 @@ def _error(message: str) -> None:
     Console(stderr=True).print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
 
 
+def _one_line_warning(
+    message: Warning | str, category: type[Warning], filename: str, lineno: int, line: str | None = None
+) -> str:
+    """Warnings as one line each (a fallback such as an uncapturable update), without source lines."""
+    return f"warning: {message}\n"
+
+
 def main(argv: list[str] | None = None) -> int:
+    warnings.formatwarning = _one_line_warning
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(USAGE)
@@ -187,7 +196,15 @@ def _sweep_jobs(overrides: list[str]) -> list[list[str]]:
 
 
 # Keys that never change what is trained: they stay out of a sweep job's directory name.
-_NOT_IN_RUN_NAME = ("resume", "progress", "device", "log_every", "checkpoint_every", "keep_checkpoints")
+_NOT_IN_RUN_NAME = (
+    "resume",
+    "progress",
+    "device",
+    "torch_threads",
+    "log_every",
+    "checkpoint_every",
+    "keep_checkpoints",
+)
 
 
 def _sweep_dirname_override(overrides: list[str]) -> list[str]:

@@ -33,8 +33,9 @@ class BenchmarkConfig:
     """``MT10`` or ``MT50``."""
     tasks: list[str] | None = None
     """A subset of the benchmark's tasks, e.g. ``[reach-v3, drawer-close-v3]``; null: all."""
-    vector_strategy: str = "sync"
-    """``sync`` (one process) or ``async`` (one process per task)."""
+    vector_strategy: str = "auto"
+    """``sync`` (one process), ``async`` (one process per task) or ``auto`` (async with a GPU update
+    and at least four cores, else sync)."""
     max_episode_steps: int = 500
 
 
@@ -48,6 +49,9 @@ class TrainConfig:
     steps: int = 2_000_000
     """Training iterations; each steps every task's env once and makes one update."""
     device: str = "auto"
+    torch_threads: int | str = "auto"
+    """torch's CPU threads in the trainer: ``auto`` is 1 with a GPU update (the simulators need the
+    cores), torch's own default on the CPU."""
     log_every: int = 1_000
     """Iterations between logged points (also the period of the gradient diagnostics)."""
     checkpoint_every: int = 50_000
@@ -72,13 +76,18 @@ def validate_train_config(cfg: TrainConfig) -> list[str]:
     from mtrl_fair.agents.device import resolve_device
     from mtrl_fair.combiners import make
     from mtrl_fair.envs import resolve_tasks
+    from mtrl_fair.envs.benchmarks import VECTOR_STRATEGIES
 
     try:
         tasks = resolve_tasks(cfg.benchmark.name, cfg.benchmark.tasks)
-        if cfg.benchmark.vector_strategy not in ("sync", "async"):
+        if cfg.benchmark.vector_strategy not in VECTOR_STRATEGIES:
             raise ValueError(
-                f"benchmark.vector_strategy must be sync or async, got {cfg.benchmark.vector_strategy!r}"
+                f"benchmark.vector_strategy must be one of {', '.join(VECTOR_STRATEGIES)}, "
+                f"got {cfg.benchmark.vector_strategy!r}"
             )
+        threads = cfg.torch_threads
+        if threads != "auto" and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+            raise ValueError(f"torch_threads must be auto or an integer >= 1, got {threads!r}")
         if not 1 <= cfg.benchmark.max_episode_steps <= 500:
             raise ValueError(
                 f"benchmark.max_episode_steps must be in [1, 500] (Meta-World's limit), got {cfg.benchmark.max_episode_steps}"

@@ -14,8 +14,10 @@ import re
 from pathlib import Path
 from typing import Any
 
+from omegaconf import OmegaConf
+
 from mtrl_fair.agents.checkpoint import CheckpointError, load_checkpoint
-from mtrl_fair.config import ConfigError
+from mtrl_fair.config import ConfigError, TrainConfig
 
 __all__ = [
     "CHECKPOINT_DIR",
@@ -32,6 +34,12 @@ CHECKPOINT_DIR = "checkpoints"
 _CHECKPOINT_NAME = re.compile(r"^step_(\d+)\.pt$")
 # Keys of the resolved config that must not change when a run is resumed.
 _FIXED_ON_RESUME = ("benchmark", "agent", "combiner", "seed")
+# Within those, the keys that change only how fast a run goes, not what it computes: a run may
+# resume on another machine, where their auto values resolve differently.
+_SPEED_KEYS = {
+    "agent": ("cuda_graph", "overlap_env_steps", "chunk_size"),
+    "benchmark": ("vector_strategy",),
+}
 
 
 def find_checkpoints(run_dir: str | Path) -> list[Path]:
@@ -73,12 +81,26 @@ def check_new_run_dir(run_dir: str | Path) -> None:
 
 
 def check_same_run(saved: dict[str, Any], current: dict[str, Any], path: Path) -> None:
+    """Refuse to resume a run with other settings than those it was saved with.
+
+    Keys the saved run does not have (added to the config after it was written) count as their
+    current default values; keys that change only the speed (:data:`_SPEED_KEYS`) are not compared.
+    """
+    defaults: dict[str, Any] = OmegaConf.to_container(OmegaConf.structured(TrainConfig))  # type: ignore[assignment]
     for key in _FIXED_ON_RESUME:
-        if saved.get(key) != current.get(key):
+        before, now = _comparable(key, saved.get(key), defaults), _comparable(key, current.get(key), defaults)
+        if before != now:
             raise ConfigError(
-                f"resume=true but {key} differs from the run saved in {path} ({saved.get(key)} there, "
-                f"{current.get(key)} now); resume with the original settings or start a new run directory"
+                f"resume=true but {key} differs from the run saved in {path} ({before} there, "
+                f"{now} now); resume with the original settings or start a new run directory"
             )
+
+
+def _comparable(key: str, value: Any, defaults: dict[str, Any]) -> Any:
+    if not isinstance(value, dict) or not isinstance(defaults.get(key), dict):
+        return value
+    merged = {**defaults[key], **value}
+    return {name: item for name, item in merged.items() if name not in _SPEED_KEYS.get(key, ())}
 
 
 def truncate_metrics(path: Path, last_step: int) -> None:

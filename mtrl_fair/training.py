@@ -24,6 +24,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+import torch
 from omegaconf import OmegaConf
 
 from mtrl_fair.agents import MTSAC, MTSACConfig, resolve_device
@@ -31,6 +32,7 @@ from mtrl_fair.config import TrainConfig, validate_train_config
 from mtrl_fair.monitor import RunMonitor, restore_rng_state
 from mtrl_fair.resources import resource_warnings
 from mtrl_fair.run_dir import check_new_run_dir, check_same_run, latest_checkpoint, read_json
+from mtrl_fair.run_settings import resolve_run_settings
 
 __all__ = ["run_training"]
 
@@ -46,6 +48,8 @@ def run_training(cfg: TrainConfig, run_dir: str | Path, *, echo: Any = print) ->
     run_dir = Path(run_dir)
     # 1. Validate everything first: a bad value must not leave a half-made run behind.
     task_names = validate_train_config(cfg)
+    # The auto values resolved on this machine (the fast path on a GPU), as config.yaml records them.
+    cfg, settings = resolve_run_settings(cfg)
     resolved: dict[str, Any] = OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True)  # type: ignore[assignment]
     saved = None
     if cfg.resume:
@@ -61,8 +65,11 @@ def run_training(cfg: TrainConfig, run_dir: str | Path, *, echo: Any = print) ->
 
     # 2. Build the env and the agent, or restore them.
     run_dir.mkdir(parents=True, exist_ok=True)
+    for line in settings:
+        echo(line)
     for warning in resource_warnings(cfg, len(task_names), resolve_device(cfg.device), run_dir):
         echo(f"warning: {warning}")
+    torch.set_num_threads(int(cfg.torch_threads))
     (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(resolved))
     env = make_vector_env(
         cfg.benchmark.name,

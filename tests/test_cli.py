@@ -36,6 +36,11 @@ def test_train_eval_and_resume(tmp_path: Path) -> None:
     )
     assert done.returncode == 0, done.stderr
     assert f"run directory: {run_dir}" in done.stdout
+    # The auto values, resolved once and said in one line; on the CPU nothing is switched on.
+    assert "settings: device cpu, eager update, env steps before the update, sync envs" in done.stdout
+    recorded = (run_dir / "config.yaml").read_text()
+    for line in ("cuda_graph: false", "overlap_env_steps: false", "vector_strategy: sync", "device: cpu"):
+        assert line in recorded, line
     for name in ("config.yaml", "metrics.jsonl", "final_eval.json", "final_eval.md"):
         assert (run_dir / name).is_file(), name
     assert list(run_dir.glob("events.out.tfevents.*"))

@@ -290,7 +290,15 @@ def test_compose_time_errors(compose_train: Compose, override: str, error: type[
         (["device=tpu"], r"unknown device 'tpu'; allowed: auto, cpu, cuda"),
         (["steps=0"], r"steps must be >= 1, got 0"),
         (["benchmark.max_episode_steps=501"], r"max_episode_steps must be in \[1, 500\]"),
-        (["benchmark.vector_strategy=threads"], r"vector_strategy must be sync or async, got 'threads'"),
+        (
+            ["benchmark.vector_strategy=threads"],
+            r"vector_strategy must be one of auto, sync, async, got 'threads'",
+        ),
+        (["agent.cuda_graph=yes"], r"agent\.cuda_graph must be auto, true or false, got 'yes'"),
+        (["agent.overlap_env_steps=sometimes"], r"agent\.overlap_env_steps must be auto, true or false"),
+        (["agent.matmul_precision=medium"], r"agent\.matmul_precision must be one of highest, high"),
+        (["torch_threads=0"], r"torch_threads must be auto or an integer >= 1, got 0"),
+        (["torch_threads=many"], r"torch_threads must be auto or an integer >= 1, got 'many'"),
     ],
 )
 def test_validation_errors_name_the_allowed_values(

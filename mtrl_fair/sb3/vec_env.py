@@ -116,14 +116,15 @@ def make_vec_env(
     tasks: Sequence[str] | None = None,
     seed: int = 0,
     *,
-    vector_strategy: str = "sync",
+    vector_strategy: str = "auto",
     max_episode_steps: int = 500,
 ) -> MetaWorldVecEnv:
     """Meta-World MT10/MT50 (or a subset of its tasks) as an SB3 ``VecEnv``, one sub-env per task.
 
     Observations are Meta-World's 39 values followed by the one-hot task id, as for
     :func:`mtrl_fair.envs.make_vector_env`, so :func:`mtrl_fair.evaluate` scores the SB3 models
-    trained on it.
+    trained on it. ``vector_strategy="auto"`` steps each task in its own process where a GPU is
+    present and there are cores for it (:func:`mtrl_fair.envs.resolve_vector_strategy`).
     """
     task_names = resolve_tasks(benchmark, tasks)
     env = make_vector_env(

@@ -36,3 +36,23 @@ def test_resolve_device_unknown(device: str) -> None:
 def test_resolve_device_unsupported_kind() -> None:
     with pytest.raises(ValueError, match="unsupported device 'meta'"):
         resolve_device("meta")
+
+
+def test_auto_switches_are_on_with_cuda_and_off_on_the_cpu() -> None:
+    from mtrl_fair.agents.device import resolve_switch
+
+    assert resolve_switch("auto", torch.device("cuda")) is True
+    assert resolve_switch("auto", torch.device("cpu")) is False
+    for device in ("cpu", "cuda"):
+        assert resolve_switch(True, torch.device(device)) is True
+        assert resolve_switch(False, torch.device(device)) is False
+
+
+def test_the_agent_resolves_its_speed_switches_on_the_cpu() -> None:
+    agent = make_agent(device="cpu")
+    assert agent.config.cuda_graph == "auto"
+    assert agent.use_cuda_graph is False
+    assert agent.overlap_env_steps is False
+    forced = make_agent(device="cpu", cuda_graph=True, overlap_env_steps=True)
+    assert forced.use_cuda_graph is False  # never on the CPU
+    assert forced.overlap_env_steps is True

@@ -11,6 +11,7 @@ from mtrl_fair.envs import (
     final_observations,
     make_vector_env,
     resolve_tasks,
+    resolve_vector_strategy,
     vector_env_task_names,
 )
 
@@ -72,7 +73,7 @@ def test_resolve_tasks_errors_say_what_is_wrong_and_allowed(benchmark, tasks, me
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"vector_strategy": "threads"}, "unknown vector_strategy 'threads'; allowed: sync, async"),
+        ({"vector_strategy": "threads"}, "unknown vector_strategy 'threads'; allowed: auto, sync, async"),
         ({"max_episode_steps": 0}, "max_episode_steps must be an integer from 1 to 500"),
         ({"max_episode_steps": 501}, "max_episode_steps must be an integer from 1 to 500"),
         ({"seed": -1}, "seed must be an integer >= 0, got -1"),
@@ -159,3 +160,35 @@ def test_full_mt10_env():
         assert vector_env_task_names(env) == benchmark_tasks("MT10")
     finally:
         env.close()
+
+
+@pytest.mark.parametrize(
+    ("strategy", "gpu", "cores", "expected"),
+    [
+        ("auto", True, 16, ("async", "a GPU update and 16 CPU cores")),
+        ("auto", True, 4, ("async", "a GPU update and 4 CPU cores")),
+        ("auto", True, 3, ("sync", "only 3 CPU cores (async envs need at least 4)")),
+        ("auto", False, 16, ("sync", "the update runs on the CPU")),
+        ("sync", True, 16, ("sync", "as asked")),
+        ("async", False, 1, ("async", "as asked")),
+    ],
+)
+def test_auto_vector_strategy(strategy, gpu, cores, expected):
+    assert resolve_vector_strategy(strategy, gpu=gpu, cores=cores) == expected
+
+
+def test_auto_vector_strategy_reads_the_machine(monkeypatch):
+    import mtrl_fair.envs.benchmarks as benchmarks
+
+    monkeypatch.setattr(benchmarks, "gpu_driver_present", lambda: True)
+    monkeypatch.setattr(benchmarks, "available_cores", lambda: 8)
+    assert resolve_vector_strategy("auto") == ("async", "a GPU update and 8 CPU cores")
+    monkeypatch.setattr(benchmarks, "gpu_driver_present", lambda: False)
+    assert resolve_vector_strategy("auto")[0] == "sync"
+
+
+def test_hardware_probes_answer_without_torch():
+    from mtrl_fair.envs.hardware import available_cores, gpu_driver_present
+
+    assert available_cores() >= 1
+    assert isinstance(gpu_driver_present(), bool)
