@@ -166,7 +166,7 @@ class SACUpdate:
         def critic_loss_fn(params: dict[str, Tensor] | None, task: tuple[Tensor, ...]) -> Tensor:
             return critic_losses(self.critic, params, *task)
 
-        self.critic_optimizer.zero_grad(set_to_none=False)
+        # No zero_grad anywhere: every .grad is overwritten below, never accumulated into.
         critic, _ = self.backward(
             "critic",
             critic_loss_fn,
@@ -195,7 +195,6 @@ class SACUpdate:
             critic_params = None if params is None else frozen_critic
             return actor_losses(self.actor, params, self.critic, critic_params, *task)
 
-        self.actor_optimizer.zero_grad(set_to_none=False)
         actor, mean_log_prob = self.backward(
             "actor",
             actor_loss_fn,
@@ -212,7 +211,6 @@ class SACUpdate:
                 self.combiners["actor"].after_step(actor_loss_fn(actor_params, actor_batch)[0])
 
         # Temperature: d loss_k / d log α = −(mean log π_k + target entropy), so no autograd needed.
-        self.temperature_optimizer.zero_grad(set_to_none=False)
         task_grads = -(mean_log_prob + self.target_entropy)  # (K,)
         temp_losses = temperature_losses(self.log_alpha.detach(), mean_log_prob, self.target_entropy)
         if not cfg.shared_temperature:

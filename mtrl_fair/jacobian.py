@@ -59,7 +59,7 @@ from mtrl_fair.combined_grad import CombinedGradient, set_grad, write_combined_g
 from mtrl_fair.combiners.base import Combiner
 from mtrl_fair.combiners.mean import Mean
 from mtrl_fair.gram import gradient_diagnostics, gram_diagnostics, mean_pairwise_cosine
-from mtrl_fair.layer_jacobian import layer_task_gradients, supports_layer_gradients
+from mtrl_fair.layer_jacobian import layer_plan, layer_task_gradients
 
 __all__ = [
     "CombinedGradient",
@@ -353,12 +353,14 @@ def backward_per_task_func(
     if isinstance(combiner, Mean) and not diagnostics and len(shared_set) == len(names):
         return _backward_mean(loss_fn, params, task_batch, chunk_size, randomness, has_aux, batched_loss)
     aux = None
-    if module is not None and batched_loss is not None and _layer_path_applies(module, params):
+    if module is not None and batched_loss is not None and (plan := layer_plan(module, params)) is not None:
+        compute_losses = batched_loss
+
         def with_aux() -> tuple[Tensor, Any]:
-            value = batched_loss()
+            value = compute_losses()
             return value if has_aux else (value, None)
 
-        losses, grads, aux = layer_task_gradients(with_aux, module)
+        losses, grads, aux = layer_task_gradients(with_aux, module, plan)
     elif has_aux:
         losses, grads, aux = per_task_gradients(
             loss_fn, params, task_batch, chunk_size=chunk_size, randomness=randomness, has_aux=True
@@ -408,10 +410,4 @@ def _backward_mean(
     num_tasks = losses.shape[0]
     combined = CombinedGradient(losses.detach(), losses.new_full((num_tasks,), 1.0 / num_tasks).detach())
     return (combined, aux) if has_aux else combined
-
-
-def _layer_path_applies(module: nn.Module, params: Mapping[str, Tensor]) -> bool:
-    """Whether ``params`` are exactly ``module``'s parameters, all in layers of known per-task gradient."""
-    own = dict(module.named_parameters())
-    return own.keys() == params.keys() and all(own[n] is params[n] for n in own) and supports_layer_gradients(module)
 

@@ -19,13 +19,20 @@ are to be differentiated; every parameter must belong to a qualifying layer
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import weakref
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-__all__ = ["layer_task_gradients", "linear_task_gradients", "supports_layer_gradients"]
+__all__ = [
+    "LayerPlan",
+    "layer_plan",
+    "layer_task_gradients",
+    "linear_task_gradients",
+    "supports_layer_gradients",
+]
 
 
 def _layers(module: nn.Module) -> list[tuple[str, nn.Module]]:
@@ -44,6 +51,27 @@ def supports_layer_gradients(module: nn.Module) -> bool:
     return len(owned) == len(set(owned)) and set(owned) == set(everything)
 
 
+LayerPlan = list[tuple[str, nn.Module]]
+# Walking a module tree costs more host time than a small update's kernels take on a GPU: the plan
+# of a module is made once, and made again only when the parameters asked for change.
+_PLANS: weakref.WeakKeyDictionary[nn.Module, tuple[tuple[tuple[str, int], ...], LayerPlan | None]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def layer_plan(module: nn.Module, params: Mapping[str, Tensor]) -> LayerPlan | None:
+    """``module``'s qualifying layers when ``params`` are exactly its parameters and every one of them
+    belongs to such a layer; ``None`` when the per-task gradients must come from elsewhere (vmap)."""
+    key = tuple((name, id(tensor)) for name, tensor in params.items())
+    cached = _PLANS.get(module)
+    if cached is not None and cached[0] == key:
+        return cached[1]
+    own = tuple((name, id(tensor)) for name, tensor in module.named_parameters())
+    plan = _layers(module) if own == key and supports_layer_gradients(module) else None
+    _PLANS[module] = (key, plan)
+    return plan
+
+
 def linear_task_gradients(inputs: Tensor, output_grads: Tensor, num_tasks: int) -> dict[str, Tensor]:
     """Per-task gradients of an ``nn.Linear``'s ``weight`` ``(K, out, in)`` and ``bias`` ``(K, out)``.
 
@@ -56,15 +84,17 @@ def linear_task_gradients(inputs: Tensor, output_grads: Tensor, num_tasks: int) 
 
 
 def layer_task_gradients(
-    batched_loss: Callable[[], tuple[Tensor, Any]], module: nn.Module
+    batched_loss: Callable[[], tuple[Tensor, Any]], module: nn.Module, plan: LayerPlan | None = None
 ) -> tuple[Tensor, dict[str, Tensor], Any]:
     """The ``(K,)`` losses, the per-task gradient of every parameter of ``module`` and the aux output.
 
     ``batched_loss()`` computes the K task losses on the whole ``(K, B, ...)`` batch with
     ``module`` itself (and any other module, whose parameters are not differentiated), and returns
     ``(losses, aux)``. The gradients are ``{name: (K, *param.shape)}`` with the names of
-    ``module.named_parameters()``, detached.
+    ``module.named_parameters()``, detached. ``plan``: the layers, from :func:`layer_plan`
+    (default: every qualifying layer of ``module``).
     """
+    layers = _layers(module) if plan is None else plan
     records: list[tuple[str, nn.Module, Tensor, Tensor]] = []
 
     def record(prefix: str) -> Callable[[nn.Module, tuple[Tensor, ...], Tensor], None]:
@@ -73,7 +103,7 @@ def layer_task_gradients(
 
         return hook
 
-    handles = [layer.register_forward_hook(record(prefix)) for prefix, layer in _layers(module)]
+    handles = [layer.register_forward_hook(record(prefix)) for prefix, layer in layers]
     try:
         losses, aux = batched_loss()
     finally:
@@ -96,7 +126,9 @@ def layer_task_gradients(
         for name, grad in per_param.items():
             key = f"{prefix}.{name}" if prefix else name
             grads[key] = grads[key] + grad if key in grads else grad  # a layer called twice
-    for name, param in module.named_parameters():
-        if name not in grads:  # a layer the loss did not call
-            grads[name] = param.new_zeros((num_tasks, *param.shape))
+    for prefix, layer in layers:  # a layer the loss did not call
+        for name, param in layer.named_parameters(recurse=False):
+            key = f"{prefix}.{name}" if prefix else name
+            if key not in grads:
+                grads[key] = param.new_zeros((num_tasks, *param.shape))
     return losses.detach(), grads, aux
