@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -53,16 +53,30 @@ class EnsembleLinear(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         return torch.baddbmm(self.bias, x, self.weight)
 
-    def task_gradients(self, inputs: Tensor, output_grads: Tensor, num_tasks: int) -> dict[str, Tensor]:
+    def task_gradients(
+        self, inputs: Tensor, output_grads: Tensor, num_tasks: int, out: Mapping[str, Tensor] | None = None
+    ) -> dict[str, Tensor]:
         """Per-task gradients ``(K, members, in, out)`` and ``(K, members, 1, out)`` from the inputs
         ``(members, N, in)`` and output gradients ``(members, N, out)`` of rows ordered task-major
-        (see :mod:`mtrl_fair.layer_jacobian`)."""
+        (see :mod:`mtrl_fair.layer_jacobian`), written into ``out[name]`` when given."""
         members, _, in_features = inputs.shape
-        x = inputs.reshape(members * num_tasks, -1, in_features)
-        delta = output_grads.reshape(members * num_tasks, -1, output_grads.shape[-1])
-        weight = torch.bmm(x.transpose(1, 2), delta).view(members, num_tasks, in_features, -1)
-        bias = delta.sum(dim=1).view(members, num_tasks, 1, -1)
-        return {"weight": weight.transpose(0, 1), "bias": bias.transpose(0, 1)}
+        out_features = output_grads.shape[-1]
+        # The rows regrouped (task, member)-major: the gradients then come out in the layout of a
+        # (K, *param.shape) row, and the inputs are copied rather than the larger result.
+        x = inputs.reshape(members, num_tasks, -1, in_features).transpose(0, 1)
+        x = x.reshape(num_tasks * members, -1, in_features)
+        delta = output_grads.reshape(members, num_tasks, -1, out_features).transpose(0, 1)
+        delta = delta.reshape(num_tasks * members, -1, out_features)
+        flat_weight = flat_bias = None
+        if out is not None:
+            flat_weight = out["weight"].view(num_tasks * members, in_features, out_features)
+            flat_bias = out["bias"].view(num_tasks * members, out_features)
+        weight = torch.bmm(x.transpose(1, 2), delta, out=flat_weight)
+        bias = torch.sum(delta, dim=1, out=flat_bias)
+        return {
+            "weight": weight.view(num_tasks, members, in_features, out_features),
+            "bias": bias.view(num_tasks, members, 1, out_features),
+        }
 
     def extra_repr(self) -> str:
         members, in_features, out_features = self.weight.shape

@@ -88,15 +88,19 @@ def write_combined_grad(
         # saves copying K×P values (the largest memory traffic of the whole combine).
         gram = gram_of(rows)
         weights = combiner.weights(gram).to(rows[0].dtype)
-        directions = [weights @ block for block in rows]
+        with torch.no_grad():
+            for param, block in zip(shared, rows, strict=True):
+                # Straight into .grad: no direction tensor to allocate, then copy.
+                torch.mv(block.t(), weights, out=_grad_buffer(param).view(-1))
     else:
         jacobian = torch.cat(rows, dim=1)
         combination = combiner.combine(jacobian, losses if combiner.requires_losses else None)
         weights = combination.weights
-        directions = list(combination.direction.split([block.shape[1] for block in rows]))
+        directions = combination.direction.split([block.shape[1] for block in rows])
+        with torch.no_grad():
+            for param, direction in zip(shared, directions, strict=True):
+                set_grad(param, direction.view(param.shape))
     with torch.no_grad():
-        for param, direction in zip(shared, directions, strict=True):
-            set_grad(param, direction.view(param.shape))
         for param, grad in zip(task_params, task_grads, strict=True):
             set_grad(param, grad.detach().sum(dim=0))
     norms = cosine = None
@@ -107,6 +111,11 @@ def write_combined_grad(
 
 def set_grad(param: Tensor, value: Tensor) -> None:
     """``param.grad = value``, reusing an existing ``.grad`` buffer (stable addresses)."""
-    if param.grad is None:
-        param.grad = torch.empty_like(param)
-    param.grad.copy_(value)
+    _grad_buffer(param).copy_(value)
+
+
+def _grad_buffer(param: Tensor) -> Tensor:
+    """``param.grad``, made a contiguous buffer of ``param``'s shape if it is not one already."""
+    if param.grad is None or not param.grad.is_contiguous() or param.grad.shape != param.shape:
+        param.grad = torch.empty_like(param, memory_format=torch.contiguous_format)
+    return param.grad

@@ -10,8 +10,8 @@ batched over tasks, instead of ``torch.func.vmap`` over a per-task loss function
 rules add hundreds of small operations (each a kernel launch on a GPU).
 
 A layer qualifies if it is an ``nn.Linear``, or if it has a ``task_gradients(inputs, output_grads,
-num_tasks)`` method that returns the per-task gradient of each of its own parameters by name (the
-twin critic's ensemble layer does). :func:`layer_task_gradients` takes the module whose parameters
+num_tasks, out=None)`` method that returns the per-task gradient of each of its own parameters by
+name, written into ``out[name]`` when given (the twin critic's ensemble layer does). :func:`layer_task_gradients` takes the module whose parameters
 are to be differentiated; every parameter must belong to a qualifying layer
 (:func:`supports_layer_gradients` says whether it does), otherwise use the vmap path of
 :mod:`mtrl_fair.jacobian`.
@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import weakref
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -51,7 +52,19 @@ def supports_layer_gradients(module: nn.Module) -> bool:
     return len(owned) == len(set(owned)) and set(owned) == set(everything)
 
 
-LayerPlan = list[tuple[str, nn.Module]]
+@dataclass
+class LayerPlan:
+    """The qualifying layers of a module, and the buffers its per-task gradients are written into.
+
+    The buffers are reused from one call to the next: on a CPU a fresh multi-megabyte tensor costs
+    a page fault per 4 KiB on first touch (more than the products themselves), and on a GPU the
+    addresses stay the same, as a CUDA graph needs.
+    """
+
+    layers: list[tuple[str, nn.Module]]
+    buffers: dict[str, Tensor] = field(default_factory=dict)
+
+
 # Walking a module tree costs more host time than a small update's kernels take on a GPU: the plan
 # of a module is made once, and made again only when the parameters asked for change.
 _PLANS: weakref.WeakKeyDictionary[nn.Module, tuple[tuple[tuple[str, int], ...], LayerPlan | None]] = (
@@ -67,20 +80,27 @@ def layer_plan(module: nn.Module, params: Mapping[str, Tensor]) -> LayerPlan | N
     if cached is not None and cached[0] == key:
         return cached[1]
     own = tuple((name, id(tensor)) for name, tensor in module.named_parameters())
-    plan = _layers(module) if own == key and supports_layer_gradients(module) else None
+    plan = LayerPlan(_layers(module)) if own == key and supports_layer_gradients(module) else None
     _PLANS[module] = (key, plan)
     return plan
 
 
-def linear_task_gradients(inputs: Tensor, output_grads: Tensor, num_tasks: int) -> dict[str, Tensor]:
+def linear_task_gradients(
+    inputs: Tensor, output_grads: Tensor, num_tasks: int, out: Mapping[str, Tensor] | None = None
+) -> dict[str, Tensor]:
     """Per-task gradients of an ``nn.Linear``'s ``weight`` ``(K, out, in)`` and ``bias`` ``(K, out)``.
 
     ``inputs`` and ``output_grads`` have the rows of all tasks in their leading dimensions,
-    task-major (``(K, B, ·)`` or ``(K·B, ·)``).
+    task-major (``(K, B, ·)`` or ``(K·B, ·)``). ``out``: tensors to write the results into.
     """
     x = inputs.reshape(num_tasks, -1, inputs.shape[-1])
     delta = output_grads.reshape(num_tasks, -1, output_grads.shape[-1])
-    return {"weight": torch.bmm(delta.transpose(1, 2), x), "bias": delta.sum(dim=1)}
+    if out is None:
+        return {"weight": torch.bmm(delta.transpose(1, 2), x), "bias": delta.sum(dim=1)}
+    return {
+        "weight": torch.bmm(delta.transpose(1, 2), x, out=out["weight"]),
+        "bias": torch.sum(delta, dim=1, out=out["bias"]),
+    }
 
 
 def layer_task_gradients(
@@ -91,10 +111,11 @@ def layer_task_gradients(
     ``batched_loss()`` computes the K task losses on the whole ``(K, B, ...)`` batch with
     ``module`` itself (and any other module, whose parameters are not differentiated), and returns
     ``(losses, aux)``. The gradients are ``{name: (K, *param.shape)}`` with the names of
-    ``module.named_parameters()``, detached. ``plan``: the layers, from :func:`layer_plan`
-    (default: every qualifying layer of ``module``).
+    ``module.named_parameters()``, detached. ``plan``, from :func:`layer_plan`: the layers, and
+    buffers that receive the gradients (overwritten by the next call with the same plan, so read
+    them first); by default a fresh plan of every qualifying layer of ``module``.
     """
-    layers = _layers(module) if plan is None else plan
+    plan = LayerPlan(_layers(module)) if plan is None else plan
     records: list[tuple[str, nn.Module, Tensor, Tensor]] = []
 
     def record(prefix: str) -> Callable[[nn.Module, tuple[Tensor, ...], Tensor], None]:
@@ -103,7 +124,7 @@ def layer_task_gradients(
 
         return hook
 
-    handles = [layer.register_forward_hook(record(prefix)) for prefix, layer in layers]
+    handles = [layer.register_forward_hook(record(prefix)) for prefix, layer in plan.layers]
     try:
         losses, aux = batched_loss()
     finally:
@@ -117,18 +138,31 @@ def layer_task_gradients(
     for (prefix, layer, inputs, output), delta in zip(records, output_grads, strict=True):
         if delta is None:
             delta = torch.zeros_like(output)
+        keys = {name: f"{prefix}.{name}" if prefix else name for name, _ in layer.named_parameters(recurse=False)}
         rule = getattr(layer, "task_gradients", None)
-        per_param = (
-            rule(inputs.detach(), delta, num_tasks)
-            if callable(rule)
-            else linear_task_gradients(inputs.detach(), delta, num_tasks)
-        )
-        for name, grad in per_param.items():
-            key = f"{prefix}.{name}" if prefix else name
-            grads[key] = grads[key] + grad if key in grads else grad  # a layer called twice
-    for prefix, layer in layers:  # a layer the loss did not call
+        rule = rule if callable(rule) else linear_task_gradients
+        if any(key in grads for key in keys.values()):  # a layer called twice: add its second share
+            for name, grad in rule(inputs.detach(), delta, num_tasks).items():
+                grads[keys[name]].add_(grad)
+            continue
+        out = _buffers(plan, layer, keys, num_tasks)
+        for name, grad in rule(inputs.detach(), delta, num_tasks, out=out).items():
+            grads[keys[name]] = grad
+    for prefix, layer in plan.layers:  # a layer the loss did not call
         for name, param in layer.named_parameters(recurse=False):
             key = f"{prefix}.{name}" if prefix else name
             if key not in grads:
                 grads[key] = param.new_zeros((num_tasks, *param.shape))
     return losses.detach(), grads, aux
+
+
+def _buffers(plan: LayerPlan, layer: nn.Module, keys: Mapping[str, str], num_tasks: int) -> dict[str, Tensor]:
+    """The plan's buffers for ``layer``'s per-task gradients, (re)allocated when their shape changed."""
+    out = {}
+    for name, param in layer.named_parameters(recurse=False):
+        buffer = plan.buffers.get(keys[name])
+        shape = (num_tasks, *param.shape)
+        if buffer is None or buffer.shape != shape or buffer.dtype != param.dtype or buffer.device != param.device:
+            buffer = plan.buffers[keys[name]] = param.new_empty(shape)
+        out[name] = buffer
+    return out

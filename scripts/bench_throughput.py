@@ -7,7 +7,10 @@ literature's "2M steps". Measured in one run, side by side, on the same vector e
 - ``mtsac/<combiner>``: our ``MTSAC`` for each combiner (``mean`` is plain multi-task SAC), with
   ``--overlap`` also ``mtsac/<combiner>+overlap`` (envs stepped in a thread during the update), and
   with ``--cuda-graph`` also ``mtsac/<combiner>+graph`` (the update replayed from a CUDA graph, with
-  the overlap too when ``--overlap`` is given);
+  the overlap too when ``--overlap`` is given), and with ``--defaults`` also
+  ``mtsac/<combiner>+defaults`` (what ``mtrl-fair train`` does by default on the device: the auto
+  settings, on their own vector env when that is not ``--vector-strategy``'s, beside its floor
+  ``env_only/<strategy>``); the other ``mtsac`` rows have every speed switch off;
 - ``sb3_sac``: Stable-Baselines3's ``SAC`` on the same 10-task vector env (one gradient step on a
   batch of 128 per task per env step, the same 3×400 networks): what a user gets today;
 - ``paper_rl/fairgrad``: the published FairGrad RL code's update path, reimplemented here as a
@@ -37,14 +40,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling benchmark's reference solver
 from bench_combiners import paper_rl_write_grads
 
 from mtrl_fair.agents import MTSAC, MTSACConfig
 from mtrl_fair.agents.sac_update import SACUpdate
-from mtrl_fair.envs import make_vector_env
+from mtrl_fair.envs import make_vector_env, resolve_vector_strategy
 from mtrl_fair.jacobian import CombinedGradient
 
 DEFAULT_COMBINERS = ["mean", "fairgrad", "pcgrad", "cagrad", "nashmtl"]
@@ -64,6 +67,7 @@ class PaperPathUpdate(SACUpdate):
         params: dict[str, Tensor],
         task_batch: tuple[Tensor, ...],
         *,
+        module: nn.Module,
         diagnostics: bool,
         has_aux: bool,
         batched_loss: Callable[[], Any],
@@ -74,6 +78,7 @@ class PaperPathUpdate(SACUpdate):
                 loss_fn,
                 params,
                 task_batch,
+                module=module,
                 diagnostics=diagnostics,
                 has_aux=has_aux,
                 batched_loss=batched_loss,
@@ -190,6 +195,40 @@ def measure_sb3_sac(
         env.close()
 
 
+def measure_defaults(
+    args: argparse.Namespace, device: torch.device, env: Any, add: Callable[[str, float, list[float] | None], None]
+) -> None:
+    """``mtsac/<combiner>+defaults``: the agent with its default (auto) settings, on the vector env
+    and with the torch threads that ``mtrl-fair train`` chooses on this device by default (with
+    their own ``env_only`` floor when that env is not the one of the other rows)."""
+    on_gpu = device.type == "cuda"
+    strategy, why = resolve_vector_strategy("auto", gpu=on_gpu)
+    print(f"  defaults: {strategy} envs ({why}), {'1 torch thread' if on_gpu else 'torch threads as they are'}")
+    own_env = strategy != args.vector_strategy
+    defaults_env = (
+        make_vector_env(args.benchmark, args.tasks, seed=args.seed, vector_strategy=strategy) if own_env else env
+    )
+    threads = torch.get_num_threads()
+    try:
+        if own_env:
+            add(f"env_only/{strategy}", env_only_rate(defaults_env, max(args.iterations, 100)), None)
+        if on_gpu:
+            torch.set_num_threads(1)
+        config = MTSACConfig(  # the auto switches
+            hidden_sizes=list(args.hidden), warmup_steps=args.warmup - 3, matmul_precision=args.matmul_precision
+        )
+        for name in args.combiners:
+            agent = MTSAC(defaults_env, combiner=name, config=config, device=device, seed=args.seed)
+            rate, times = measure_mtsac(agent, args.iterations, args.update_repeats, args.warmup)
+            add(f"mtsac/{name}+defaults", rate, times)
+            agent.env = None
+            agent.replay_buffer = None
+    finally:
+        torch.set_num_threads(threads)
+        if own_env:
+            defaults_env.close()
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -214,6 +253,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--cuda-graph",
         action="store_true",
         help="also time each combiner with agent.cuda_graph (the update replayed from a CUDA graph; CUDA only)",
+    )
+    parser.add_argument(
+        "--defaults",
+        action="store_true",
+        help="also time each combiner as `mtrl-fair train` runs it by default on this device: the auto "
+        "settings (on CUDA: graph, overlap, async envs where the cores allow, 1 torch thread)",
+    )
+    parser.add_argument(
+        "--matmul-precision",
+        choices=["highest", "high"],
+        default="highest",
+        help="agent.matmul_precision of every MTSAC row (high: TF32 on Ampere and newer GPUs)",
     )
     parser.add_argument("--no-sb3", action="store_true", help="skip SB3's SAC")
     parser.add_argument("--no-paper", action="store_true", help="skip the published RL code's path")
@@ -245,7 +296,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {method:24s} {rate:8.2f} it/s   update {update}", flush=True)
 
     add("env_only", env_only_rate(env, max(args.iterations, 100)), None)
-    config = MTSACConfig(hidden_sizes=list(args.hidden), warmup_steps=args.warmup - 3)
+    # The eager update with the envs stepped first: every speed switch off, whatever the device.
+    config = MTSACConfig(
+        hidden_sizes=list(args.hidden),
+        warmup_steps=args.warmup - 3,
+        cuda_graph=False,
+        overlap_env_steps=False,
+        matmul_precision=args.matmul_precision,
+    )
     agents: dict[str, MTSAC] = {}
     for name in args.combiners:
         agents[f"mtsac/{name}"] = MTSAC(env, combiner=name, config=config, device=device, seed=args.seed)
@@ -268,6 +326,8 @@ def main(argv: list[str] | None = None) -> int:
         add(method, rate, times)
         agent.env = None  # the env is shared; the next agent resets it
         agent.replay_buffer = None  # free its memory
+    if args.defaults:
+        measure_defaults(args, device, env, add)
     env.close()
     if not args.no_sb3:
         rate, times = measure_sb3_sac(
@@ -313,6 +373,7 @@ def main(argv: list[str] | None = None) -> int:
             "iterations": args.iterations,
             "update_repeats": args.update_repeats,
             "hidden": args.hidden,
+            "matmul_precision": args.matmul_precision,
             "command": " ".join(sys.argv),
             "rows": rows,
         }

@@ -15,7 +15,7 @@ SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "bench_combiners.py"
 def test_bench_combiners_quick(tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
     command = [sys.executable, str(SCRIPT), "--device", "cpu", "--quick", "--tasks", "3"]
-    command += ["--methods", "mean", "--json", str(out)]
+    command += ["--methods", "mean", "fairgrad", "--vmap", "--json", str(out)]
     completed = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
     assert completed.returncode == 0, completed.stderr
     records = json.loads(out.read_text())
@@ -29,7 +29,10 @@ def test_bench_combiners_quick(tmp_path: Path) -> None:
         assert record["ms_median"] > 0
     methods = {(record["what"], record["method"]) for record in records}
     assert ("backward", "mean") in methods  # the baseline
+    assert ("backward", "mean/combined") in methods  # mean through the combined front door
     assert ("backward", "mean/vmap") in methods
+    assert ("backward", "fairgrad") in methods  # the layer path, as the agents run it
+    assert ("backward", "fairgrad/vmap") in methods
     assert ("solve", "mean") in methods
     baseline = next(r for r in records if r["what"] == "backward" and r["method"] == "mean")
     assert baseline["ratio_to_mean"] == 1.0
@@ -43,7 +46,7 @@ def test_bench_throughput_quick(tmp_path: Path) -> None:
     out = tmp_path / "throughput.json"
     command = [sys.executable, str(THROUGHPUT), "--tasks", "reach-v3", "drawer-close-v3"]
     command += ["--hidden", "16", "16", "--iterations", "3", "--update-repeats", "2", "--warmup", "5"]
-    command += ["--combiners", "mean", "fairgrad", "--overlap", "--json", str(out)]
+    command += ["--combiners", "mean", "fairgrad", "--overlap", "--defaults", "--json", str(out)]
     completed = subprocess.run(command, capture_output=True, text=True, timeout=300, check=False)
     assert completed.returncode == 0, completed.stderr[-3000:]
     record = json.loads(out.read_text())
@@ -57,6 +60,8 @@ def test_bench_throughput_quick(tmp_path: Path) -> None:
         "mtsac/fairgrad",
         "mtsac/fairgrad+overlap",
         "paper_rl/fairgrad",
+        "mtsac/mean+defaults",  # on the CPU: sync envs (those of the other rows), no graph, no overlap
+        "mtsac/fairgrad+defaults",
         "sb3_sac",
     ]
     rows = {row["method"]: row for row in record["rows"]}
@@ -111,3 +116,22 @@ def test_gpu_checks_refuses_a_machine_without_cuda(tmp_path: Path) -> None:
     assert completed.stderr.strip().splitlines() == [
         "error: no CUDA device visible to torch; these checks need one"
     ]
+
+
+def test_bench_update_proxy_quick(tmp_path: Path) -> None:
+    out = tmp_path / "proxy.json"
+    command = [sys.executable, str(SCRIPT.parent / "bench_update_proxy.py"), "--combiners", "fairgrad"]
+    command += ["--vmap", "--tasks", "3", "--repeats", "3", "--warmup", "2", "--json", str(out)]
+    completed = subprocess.run(command, capture_output=True, text=True, timeout=300, check=False)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    record = json.loads(out.read_text())
+    rows = {row["method"]: row for row in record["records"]}
+    assert list(rows) == ["mean", "fairgrad", "fairgrad/vmap"]
+    assert rows["mean"]["ops_ratio_to_mean"] == 1.0
+    for row in rows.values():
+        assert row["ops"] > 0
+        assert row["ops_all"] >= row["ops"]
+        assert row["host_ms"] > 0
+    # The vmap path dispatches more operations in all than the per-task gradients of the layers.
+    assert rows["fairgrad/vmap"]["ops_all"] > rows["fairgrad"]["ops_all"]
+
