@@ -16,7 +16,6 @@ import torch
 
 from mtrl_fair.agents.buffer import TaskBatch
 from mtrl_fair.agents.stats import UpdateStats
-from mtrl_fair.combiners import Combiner
 
 __all__ = ["GRAPH_WARMUP_UPDATES", "UpdateGraph"]
 
@@ -49,18 +48,21 @@ class UpdateGraph:
         self,
         batch: TaskBatch,
         update: Callable[[TaskBatch, bool], UpdateStats],
-        combiners: Sequence[Combiner],
+        generators: Sequence[torch.Generator],
+        description: str,
     ) -> UpdateStats:
         """``update(batch, False)`` through the graph: eager warm-ups first (also after a resume, since
         this process has not run one), then one capture, then replays. An update that cannot be
-        captured runs eagerly from then on, after one warning naming the reason."""
+        captured runs eagerly from then on, after one warning naming ``description`` and the reason.
+        ``generators``: the update's own random generators besides the device's default one (a
+        combiner's, a packed run's), which must advance on each replay."""
         if self.failed:
             return update(batch, False)
         if self.warm_ups < GRAPH_WARMUP_UPDATES:
             return self.warm_up(lambda: update(batch, False))
-        if self.stats is None and not self.capture(batch, update, combiners):
+        if self.stats is None and not self.capture(batch, update, generators):
             warnings.warn(
-                f"the update with {combiners[0]!r} could not be captured in a CUDA graph "
+                f"the update with {description} could not be captured in a CUDA graph "
                 f"({self.failure}); training goes on with the eager update",
                 RuntimeWarning,
                 stacklevel=4,
@@ -84,15 +86,13 @@ class UpdateGraph:
         self,
         batch: TaskBatch,
         update: Callable[[TaskBatch, bool], UpdateStats],
-        combiners: Iterable[Combiner],
+        generators: Iterable[torch.Generator] = (),
     ) -> bool:
         """Record ``update`` on static copies of ``batch``; False (and ``failure``) if it cannot be."""
         self.batch = TaskBatch(*(tensor.clone() for tensor in batch))
         graph = torch.cuda.CUDAGraph()
-        for combiner in combiners:  # a combiner's own generator (PCGrad) must advance on each replay
-            generator = getattr(combiner, "generator", None)
-            if callable(generator):
-                graph.register_generator_state(generator(self.device))
+        for generator in generators:
+            graph.register_generator_state(generator)
         try:
             with torch.cuda.graph(graph):
                 self.stats = update(self.batch, False)

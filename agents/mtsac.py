@@ -332,7 +332,13 @@ class MTSAC:
         """The update through its CUDA graph (:class:`~mtrl_fair.agents.cuda_graph.UpdateGraph`)."""
         if self._graph is None:
             self._graph = UpdateGraph(self.device)
-        return self._graph.run(batch, self._update, list(self.combiners.values()))
+        # A combiner's own generator (PCGrad's) must advance on each replay.
+        generators = [
+            combiner.generator(self.device)  # type: ignore[attr-defined]
+            for combiner in self.combiners.values()
+            if callable(getattr(combiner, "generator", None))
+        ]
+        return self._graph.run(batch, self._update, generators, repr(self.combiners["critic"]))
 
     # ----------------------------------------------------------------------------------------------
     # Saving and loading

@@ -20,11 +20,34 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["LOG_STD_MAX", "LOG_STD_MIN", "Actor", "EnsembleLinear", "TwinCritic", "mlp", "squashed_gaussian"]
+__all__ = [
+    "LOG_STD_MAX",
+    "LOG_STD_MIN",
+    "Actor",
+    "EnsembleLinear",
+    "MemberLinear",
+    "TwinCritic",
+    "mlp",
+    "squashed_gaussian",
+]
 
 LOG_STD_MIN = -20.0
 LOG_STD_MAX = 2.0
 _HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
+
+
+class MemberLinear(nn.Linear):
+    """An ``nn.Linear`` computed as one member of a batched product (``torch.baddbmm``).
+
+    The same parameters and initialisation as ``nn.Linear``; only the kernel differs. It is the one
+    a pack of runs uses for all its members at once (:mod:`mtrl_fair.agents.packed_networks`), so a
+    run trained in a pack computes exactly the numbers it computes alone.
+    """
+
+    def forward(self, x: Tensor) -> Tensor:
+        rows = x.reshape(1, -1, x.shape[-1])
+        out = torch.baddbmm(self.bias.view(1, 1, -1), rows, self.weight.t().unsqueeze(0))
+        return out.reshape(*x.shape[:-1], -1)
 
 
 def mlp(in_features: int, hidden: Sequence[int], out_features: int) -> nn.Sequential:
@@ -32,9 +55,9 @@ def mlp(in_features: int, hidden: Sequence[int], out_features: int) -> nn.Sequen
     layers: list[nn.Module] = []
     width = in_features
     for size in hidden:
-        layers += [nn.Linear(width, size), nn.ReLU()]
+        layers += [MemberLinear(width, size), nn.ReLU()]
         width = size
-    layers.append(nn.Linear(width, out_features))
+    layers.append(MemberLinear(width, out_features))
     return nn.Sequential(*layers)
 
 

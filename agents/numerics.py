@@ -43,11 +43,12 @@ class SkipCounter:
     """Skipped updates on the device: in all, the current and the longest run of consecutive skips,
     and the tasks and iteration of the last skip."""
 
-    def __init__(self, num_tasks: int, device: torch.device) -> None:
+    def __init__(self, tasks_shape: int | tuple[int, ...], device: torch.device) -> None:
+        """``tasks_shape``: that of the per-task losses, ``K`` (or ``(R, K)`` for a pack of R runs)."""
         self.skipped = torch.zeros((), dtype=torch.int64, device=device)
         self.consecutive = torch.zeros((), dtype=torch.int64, device=device)
         self.longest_run = torch.zeros((), dtype=torch.int64, device=device)
-        self.bad_tasks = torch.zeros(num_tasks, dtype=torch.bool, device=device)
+        self.bad_tasks = torch.zeros(tasks_shape, dtype=torch.bool, device=device)
         self.bad_iteration = torch.zeros((), dtype=torch.int64, device=device)
 
     def count(self, ok: Tensor, critic_loss: Tensor, actor_loss: Tensor, iteration: Tensor) -> None:
@@ -68,7 +69,8 @@ class SkipCounter:
         """Raise :class:`NonFiniteUpdateError` once ``limit`` updates in a row were skipped (three reads)."""
         if int(self.longest_run.item()) < limit:
             return
-        tasks = [name for name, bad in zip(task_names, self.bad_tasks.tolist(), strict=True) if bad]
+        flags = self.bad_tasks.flatten().tolist()  # task_names name the flattened tasks (run/task in a pack)
+        tasks = [name for name, bad in zip(task_names, flags, strict=True) if bad]
         where = f"task(s) {', '.join(tasks)}" if tasks else "gradients of finite losses"
         raise NonFiniteUpdateError(
             f"{limit} consecutive updates had non-finite losses or gradients ({where}, last at iteration "

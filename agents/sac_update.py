@@ -138,16 +138,25 @@ class SACUpdate:
         )
         return result if has_aux else (result, None)
 
+    def draw_noise(self, shape: tuple[int, ...], device: torch.device) -> Tensor:
+        """Standard normal noise ``(2, *shape)``: the next actions' (target) and the actions' (actor loss)."""
+        return torch.randn((2, *shape), device=device)
+
+    def combine_temperature(self, task_grads: Tensor, losses: Tensor) -> None:
+        """Write the combined per-task gradients of the shared temperature into its ``.grad``."""
+        write_combined_grad(self.combiners["temperature"], [self.log_alpha], [task_grads.unsqueeze(1)], losses=losses)
+
     def __call__(self, batch: TaskBatch, diagnostics: bool = False) -> UpdateStats:
         """One update on a ``(K, B, ...)`` batch, as tensor operations only, with the state changed in
         place: capturable in a CUDA graph. ``diagnostics`` adds gradient norms and cosines."""
         cfg = self.config
-        num_tasks, batch_size = batch.reward.shape
+        # Leading dimensions before (K, B): none here, the runs' in a pack (PackedSACUpdate).
+        *lead, num_tasks, batch_size = batch.reward.shape
         obs, next_obs = self.net_obs(batch.obs), self.net_obs(batch.next_obs)
         action = torch.as_tensor(batch.action)
         # Noise is drawn here, outside the per-task vmap, so the loss functions are deterministic.
-        noise = torch.randn((2, num_tasks, batch_size, self.action_dim), device=obs.device)
-        alpha = self.log_alpha.detach().exp().expand(num_tasks).unsqueeze(1)  # (K, 1)
+        noise = self.draw_noise((num_tasks, batch_size, self.action_dim), obs.device)
+        alpha = self.log_alpha.detach().exp().expand(*lead, num_tasks).unsqueeze(-1)  # (..., K, 1)
         target = soft_q_target(
             self.actor,
             self.critic_target,
@@ -211,16 +220,14 @@ class SACUpdate:
                 self.combiners["actor"].after_step(actor_loss_fn(actor_params, actor_batch)[0])
 
         # Temperature: d loss_k / d log α = −(mean log π_k + target entropy), so no autograd needed.
-        task_grads = -(mean_log_prob + self.target_entropy)  # (K,)
+        task_grads = -(mean_log_prob + self.target_entropy)  # (..., K)
         temp_losses = temperature_losses(self.log_alpha.detach(), mean_log_prob, self.target_entropy)
         if not cfg.shared_temperature:
             self.log_alpha.grad = task_grads  # each task's temperature follows its own loss
         elif self.is_combined("temperature"):
-            write_combined_grad(
-                self.combiners["temperature"], [self.log_alpha], [task_grads.unsqueeze(1)], losses=temp_losses
-            )
+            self.combine_temperature(task_grads, temp_losses)
         else:
-            self.log_alpha.grad = task_grads.mean().reshape(1)
+            self.log_alpha.grad = task_grads.mean(dim=-1, keepdim=True)
         update_ok = guarded_step(self.temperature_optimizer, mean_log_prob, update_ok)
         if self.is_combined("temperature") and uses_after_step(self.combiners["temperature"]):
             self.combiners["temperature"].after_step(
@@ -232,7 +239,7 @@ class SACUpdate:
         return UpdateStats(
             critic_loss=critic.losses,
             actor_loss=actor.losses,
-            temperature=self.log_alpha.detach().exp().expand(num_tasks).clone(),
+            temperature=self.log_alpha.detach().exp().expand(*lead, num_tasks).clone(),
             critic_weights=critic.weights,
             actor_weights=actor.weights,
             critic_grad_norms=critic.grad_norms,

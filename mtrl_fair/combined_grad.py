@@ -18,7 +18,7 @@ from torch import Tensor
 from mtrl_fair.combiners.base import Combiner, GramianCombiner
 from mtrl_fair.gram import gram_diagnostics, gram_of
 
-__all__ = ["CombinedGradient", "set_grad", "write_combined_grad"]
+__all__ = ["CombinedGradient", "combine_rows", "grad_buffer", "set_grad", "write_combined_grad"]
 
 
 class CombinedGradient(NamedTuple):
@@ -79,8 +79,29 @@ def write_combined_grad(
                 f"a per-task gradient must have shape (K, *param.shape) = {(num_tasks, *param.shape)}, "
                 f"got {tuple(grad.shape)}"
             )
-    losses = losses.detach()
+    with torch.no_grad():
+        outputs = [grad_buffer(param).view(-1) for param in shared]
+        for param, grad in zip(task_params, task_grads, strict=True):
+            set_grad(param, grad.detach().sum(dim=0))
     rows = [grad.detach().reshape(num_tasks, -1) for grad in shared_grads]
+    return combine_rows(combiner, rows, outputs, losses=losses, diagnostics=diagnostics)
+
+
+def combine_rows(
+    combiner: Combiner,
+    rows: Sequence[Tensor],
+    outputs: Sequence[Tensor],
+    *,
+    losses: Tensor,
+    diagnostics: bool = False,
+) -> CombinedGradient:
+    """Combine per-task gradient blocks and write the direction into ``outputs``.
+
+    ``rows[i]`` is a ``(K, Pᵢ)`` block of the Jacobian (the per-task gradients of one shared
+    parameter, flattened), ``outputs[i]`` the ``(Pᵢ,)`` tensor that receives that block's part of
+    the direction (a parameter's ``.grad``, or its slice in a pack of runs).
+    """
+    losses = losses.detach()
     gram = None
     if isinstance(combiner, GramianCombiner):
         # The Gram matrix is a sum of per-parameter Gram matrices, and the direction of each
@@ -89,20 +110,17 @@ def write_combined_grad(
         gram = gram_of(rows)
         weights = combiner.weights(gram).to(rows[0].dtype)
         with torch.no_grad():
-            for param, block in zip(shared, rows, strict=True):
-                # Straight into .grad: no direction tensor to allocate, then copy.
-                torch.mv(block.t(), weights, out=_grad_buffer(param).view(-1))
+            for block, output in zip(rows, outputs, strict=True):
+                torch.mv(block.t(), weights, out=output)  # straight into .grad: no copy
     else:
-        jacobian = torch.cat(rows, dim=1)
+        jacobian = torch.cat(list(rows), dim=1)
         combination = combiner.combine(jacobian, losses if combiner.requires_losses else None)
         weights = combination.weights
-        directions = combination.direction.split([block.shape[1] for block in rows])
         with torch.no_grad():
-            for param, direction in zip(shared, directions, strict=True):
-                set_grad(param, direction.view(param.shape))
-    with torch.no_grad():
-        for param, grad in zip(task_params, task_grads, strict=True):
-            set_grad(param, grad.detach().sum(dim=0))
+            for direction, output in zip(
+                combination.direction.split([block.shape[1] for block in rows]), outputs, strict=True
+            ):
+                output.copy_(direction)
     norms = cosine = None
     if diagnostics:
         norms, cosine = gram_diagnostics(gram if gram is not None else gram_of(rows))
@@ -111,10 +129,10 @@ def write_combined_grad(
 
 def set_grad(param: Tensor, value: Tensor) -> None:
     """``param.grad = value``, reusing an existing ``.grad`` buffer (stable addresses)."""
-    _grad_buffer(param).copy_(value)
+    grad_buffer(param).copy_(value)
 
 
-def _grad_buffer(param: Tensor) -> Tensor:
+def grad_buffer(param: Tensor) -> Tensor:
     """``param.grad``, made a contiguous buffer of ``param``'s shape if it is not one already."""
     if param.grad is None or not param.grad.is_contiguous() or param.grad.shape != param.shape:
         param.grad = torch.empty_like(param, memory_format=torch.contiguous_format)

@@ -62,10 +62,11 @@ _GRAM_CHUNKS = (8, 4, 2)
 
 
 def mean_pairwise_cosine(cosine: Tensor | None) -> Tensor | None:
-    """Mean of the off-diagonal entries of a ``(K, K)`` cosine matrix (0 when K = 1); None stays None."""
+    """Mean of the off-diagonal entries of ``(..., K, K)`` cosine matrices (0 when K = 1); None stays None."""
     if cosine is None:
         return None
-    num_tasks = cosine.shape[0]
+    num_tasks = cosine.shape[-1]
     if num_tasks < 2:
-        return cosine.new_zeros(())
-    return (cosine.sum() - cosine.diagonal().sum()) / (num_tasks * (num_tasks - 1))
+        return cosine.new_zeros(cosine.shape[:-2])
+    off_diagonal = cosine.sum(dim=(-2, -1)) - cosine.diagonal(dim1=-2, dim2=-1).sum(dim=-1)
+    return off_diagonal / (num_tasks * (num_tasks - 1))

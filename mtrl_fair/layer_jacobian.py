@@ -130,7 +130,7 @@ def layer_task_gradients(
     finally:
         for handle in handles:
             handle.remove()
-    num_tasks = losses.shape[0]
+    num_tasks = losses.shape[-1]  # (K,) losses, or (R, K) for a pack of runs
     # Gradients at the layers' outputs only: the weight-gradient products of an ordinary backward
     # pass are not computed, the batched ones below replace them.
     output_grads = torch.autograd.grad(losses.sum(), [output for *_, output in records], allow_unused=True)
@@ -145,24 +145,19 @@ def layer_task_gradients(
             for name, grad in rule(inputs.detach(), delta, num_tasks).items():
                 grads[keys[name]].add_(grad)
             continue
-        out = _buffers(plan, layer, keys, num_tasks)
-        for name, grad in rule(inputs.detach(), delta, num_tasks, out=out).items():
+        out = {name: plan.buffers[key] for name, key in keys.items() if key in plan.buffers}
+        if len(out) == len(keys):
+            results = rule(inputs.detach(), delta, num_tasks, out=out)
+        else:  # the first call: the rule's results become the buffers
+            results = rule(inputs.detach(), delta, num_tasks)
+            plan.buffers.update({keys[name]: grad for name, grad in results.items()})
+        for name, grad in results.items():
             grads[keys[name]] = grad
     for prefix, layer in plan.layers:  # a layer the loss did not call
         for name, param in layer.named_parameters(recurse=False):
             key = f"{prefix}.{name}" if prefix else name
             if key not in grads:
-                grads[key] = param.new_zeros((num_tasks, *param.shape))
+                per_run = (param.numel() // losses.shape[0],)  # in a pack, each run's share, flat
+                grads[key] = param.new_zeros((*losses.shape, *(param.shape if losses.ndim == 1 else per_run)))
     return losses.detach(), grads, aux
 
-
-def _buffers(plan: LayerPlan, layer: nn.Module, keys: Mapping[str, str], num_tasks: int) -> dict[str, Tensor]:
-    """The plan's buffers for ``layer``'s per-task gradients, (re)allocated when their shape changed."""
-    out = {}
-    for name, param in layer.named_parameters(recurse=False):
-        buffer = plan.buffers.get(keys[name])
-        shape = (num_tasks, *param.shape)
-        if buffer is None or buffer.shape != shape or buffer.dtype != param.dtype or buffer.device != param.device:
-            buffer = plan.buffers[keys[name]] = param.new_empty(shape)
-        out[name] = buffer
-    return out
