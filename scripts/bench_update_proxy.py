@@ -16,7 +16,9 @@ tracked without a GPU. For each method, measured side by side in one run:
 Methods: ``mean`` (plain multi-task SAC), each combiner given (its per-task gradients from one
 backward pass, as the agent computes them), and with ``--vmap`` the same combiners with the
 per-task gradients from ``torch.func.vmap`` over a per-task loss (the path of earlier releases):
-the before and after of the batched-products Jacobian, in one run.
+the before and after of the batched-products Jacobian, in one run. With ``--pack S``, also S
+FairGrad runs updated one after the other and the same S runs updated as one pack
+(:class:`~mtrl_fair.agents.packed.PackedMTSAC`).
 
     python scripts/bench_update_proxy.py --json docs/results/update_proxy_cpu.json
 """
@@ -24,6 +26,7 @@ the before and after of the batched-products Jacobian, in one run.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import platform
 import statistics
@@ -39,7 +42,9 @@ from torch import Tensor, nn
 from torch.profiler import ProfilerActivity, profile
 
 from mtrl_fair.agents import MTSAC, MTSACConfig
+from mtrl_fair.agents.packed import PackedMTSAC, RunSpec
 from mtrl_fair.agents.sac_update import SACUpdate
+from mtrl_fair.agents.spaces import TaskSpaces
 from mtrl_fair.jacobian import CombinedGradient, backward_per_task_func
 
 # Operations that only make a new view of existing memory (or read metadata): no kernel on a GPU.
@@ -117,14 +122,55 @@ def make_agent(combiner: str, vmap: bool, args: argparse.Namespace) -> MTSAC:
     return agent
 
 
+def make_pack(runs: int, args: argparse.Namespace) -> PackedMTSAC:
+    """A pack of ``runs`` FairGrad runs (α = 2, seeds 0..runs-1) with full replay buffers."""
+    num_tasks = args.tasks
+    spaces = TaskSpaces(
+        tuple(f"task-{k}" for k in range(num_tasks)),
+        OBS_STATE + num_tasks,
+        np.full(ACTION_DIM, -1.0, np.float32),
+        np.full(ACTION_DIM, 1.0, np.float32),
+    )
+    pack = PackedMTSAC(
+        None,
+        [RunSpec(seed, {"alpha": 2.0}) for seed in range(runs)],
+        combiner="fairgrad",
+        config=MTSACConfig(
+            hidden_sizes=[args.hidden] * 3, batch_size_per_task=args.batch_per_task, buffer_size_per_task=256
+        ),
+        device="cpu",
+        spaces=spaces,
+    )
+    rng = np.random.default_rng(0)
+    one_hot = np.broadcast_to(np.eye(num_tasks), (runs, num_tasks, num_tasks))
+    for _ in range(256):
+        pack.replay_buffer.add(
+            obs=np.concatenate([rng.normal(size=(runs, num_tasks, OBS_STATE)), one_hot], axis=2),
+            action=rng.uniform(-1, 1, (runs, num_tasks, ACTION_DIM)),
+            reward=rng.normal(size=(runs, num_tasks)),
+            next_obs=np.concatenate([rng.normal(size=(runs, num_tasks, OBS_STATE)), one_hot], axis=2),
+            terminated=np.zeros((runs, num_tasks)),
+        )
+    return pack
+
+
 def one_update(agent: MTSAC) -> None:
     """What the training loop does for an update outside diagnostics iterations."""
     agent.update(agent.replay_buffer.sample(agent.config.batch_size_per_task))
 
 
-def count_ops(agent: MTSAC) -> tuple[int, int]:
-    with profile(activities=[ProfilerActivity.CPU]) as prof:
+def updates_one_by_one(agents: list[MTSAC]) -> None:
+    for agent in agents:
         one_update(agent)
+
+
+def packed_update(pack: PackedMTSAC) -> None:
+    pack.update(pack.replay_buffer.sample(pack.config.batch_size_per_task, pack.generators))
+
+
+def count_ops(step: Callable[[], None]) -> tuple[int, int]:
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        step()
     events = [e for e in prof.events() if e.name.startswith("aten::")]
     top = [
         e
@@ -143,31 +189,41 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch-per-task", type=int, default=4)
     parser.add_argument("--repeats", type=int, default=200)
     parser.add_argument("--warmup", type=int, default=10)
+    parser.add_argument(
+        "--pack", type=int, default=1, help="also S FairGrad runs updated one by one and packed (S > 1)"
+    )
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
 
-    methods: dict[str, MTSAC] = {"mean": make_agent("mean", False, args)}
+    agents: dict[str, MTSAC] = {"mean": make_agent("mean", False, args)}
     for name in args.combiners:
-        methods[name] = make_agent(name, False, args)
+        agents[name] = make_agent(name, False, args)
         if args.vmap:
-            methods[f"{name}/vmap"] = make_agent(name, True, args)
-    for agent in methods.values():
+            agents[f"{name}/vmap"] = make_agent(name, True, args)
+    methods: dict[str, Callable[[], None]] = {
+        name: functools.partial(one_update, agent) for name, agent in agents.items()
+    }
+    if args.pack > 1:
+        solos = [make_agent("fairgrad", False, args) for _ in range(args.pack)]
+        methods[f"fairgrad x{args.pack} one by one"] = functools.partial(updates_one_by_one, solos)
+        methods[f"fairgrad x{args.pack} packed"] = functools.partial(packed_update, make_pack(args.pack, args))
+    for step in methods.values():
         for _ in range(args.warmup):
-            one_update(agent)
-    ops = {name: count_ops(agent) for name, agent in methods.items()}
+            step()
+    ops = {name: count_ops(step) for name, step in methods.items()}
     times: dict[str, list[float]] = {name: [] for name in methods}
     for _ in range(args.repeats):  # interleaved: a drift of the machine affects every method alike
-        for name, agent in methods.items():
+        for name, step in methods.items():
             start = time.perf_counter()
-            one_update(agent)
+            step()
             times[name].append((time.perf_counter() - start) * 1e3)
 
     base_ops, base_all = ops["mean"]
     base_ms = statistics.median(times["mean"])
     records = []
     print(f"K={args.tasks}, 3x{args.hidden} MLPs, {args.batch_per_task} transitions per task, 1 thread, torch {torch.__version__}")
-    print(f"{'method':18s} {'ops':>6s} {'×mean':>6s} {'ops_all':>8s} {'×mean':>6s} {'host ms':>8s} {'×mean':>6s}")
+    print(f"{'method':24s} {'ops':>6s} {'×mean':>6s} {'ops_all':>8s} {'×mean':>6s} {'host ms':>8s} {'×mean':>6s}")
     for name in methods:
         top, every = ops[name]
         host_ms = statistics.median(times[name])
@@ -184,7 +240,7 @@ def main(argv: list[str] | None = None) -> None:
             }
         )
         print(
-            f"{name:18s} {top:6d} {top / base_ops:6.2f} {every:8d} {every / base_all:6.2f} "
+            f"{name:24s} {top:6d} {top / base_ops:6.2f} {every:8d} {every / base_all:6.2f} "
             f"{host_ms:8.2f} {host_ms / base_ms:6.2f}"
         )
     if args.json is not None:
