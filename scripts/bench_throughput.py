@@ -10,7 +10,9 @@ literature's "2M steps". Measured in one run, side by side, on the same vector e
   the overlap too when ``--overlap`` is given), and with ``--defaults`` also
   ``mtsac/<combiner>+defaults`` (what ``mtrl-fair train`` does by default on the device: the auto
   settings, on their own vector env when that is not ``--vector-strategy``'s, beside its floor
-  ``env_only/<strategy>``); the other ``mtsac`` rows have every speed switch off;
+  ``env_only/<strategy>``); the other ``mtsac`` rows have every speed switch off; with ``--pack S``
+  also S FairGrad runs packed, one by one and as S concurrent processes, in run-iterations/s
+  (``scripts/bench_pack.py``);
 - ``sb3_sac``: Stable-Baselines3's ``SAC`` on the same 10-task vector env (one gradient step on a
   batch of 128 per task per env step, the same 3×400 networks): what a user gets today;
 - ``paper_rl/fairgrad``: the published FairGrad RL code's update path, reimplemented here as a
@@ -43,6 +45,7 @@ import torch
 from torch import Tensor, nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling benchmark's reference solver
+import bench_pack
 from bench_combiners import paper_rl_write_grads
 
 from mtrl_fair.agents import MTSAC, MTSACConfig
@@ -266,6 +269,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default="highest",
         help="agent.matmul_precision of every MTSAC row (high: TF32 on Ampere and newer GPUs)",
     )
+    parser.add_argument(
+        "--pack",
+        type=int,
+        default=1,
+        help="also S FairGrad runs packed in one process, one by one, and as S concurrent processes (S > 1): "
+        "run-iterations/s of each (scripts/bench_pack.py)",
+    )
     parser.add_argument("--no-sb3", action="store_true", help="skip SB3's SAC")
     parser.add_argument("--no-paper", action="store_true", help="skip the published RL code's path")
     parser.add_argument("--seed", type=int, default=0)
@@ -359,6 +369,9 @@ def main(argv: list[str] | None = None) -> int:
             f"{row['method']:24s} {row['iterations_per_s']:7.2f} {100 * row['fraction_of_floor']:8.1f}%"
             f" {vs_mean} {update} {ratio}"
         )
+    pack_rows = bench_pack.measure(args) if args.pack > 1 else []
+    for row in pack_rows:
+        print(f"{row['method']:28s} {row['run_iterations_per_s']:9.2f} run-it/s  {row['vs_one_run']:5.2f}× one run")
     if args.json:
         record = {
             "benchmark": args.benchmark,
@@ -376,6 +389,7 @@ def main(argv: list[str] | None = None) -> int:
             "matmul_precision": args.matmul_precision,
             "command": " ".join(sys.argv),
             "rows": rows,
+            "pack_rows": pack_rows,
         }
         Path(args.json).write_text(json.dumps(record, indent=1) + "\n")
     return 0
