@@ -10,7 +10,7 @@ set -u
 cd "$(dirname "$0")/.."
 out="${1:-docs/results}"
 logs="$out/gpu_checks_logs"
-steps="${STEPS:-tests sb3 combiners solve throughput throughput_async throughput_mt50}"
+steps="${STEPS:-tests sb3 combiners solve throughput throughput_async throughput_mt50 faults}"
 
 if ! python -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"; then
     echo "error: no CUDA device visible to torch; these checks need one" >&2
@@ -46,6 +46,11 @@ run throughput_async python scripts/bench_throughput.py --device cuda --overlap 
     --vector-strategy async --json "$out/throughput_cuda_async.json"
 run throughput_mt50 python scripts/bench_throughput.py --device cuda --benchmark MT50 --combiners mean fairgrad \
     --overlap --cuda-graph --vector-strategy async --no-sb3 --no-paper --json "$out/throughput_mt50_cuda.json"
+
+# SIGKILLs on the fast GPU path (CUDA graph, overlapped env steps, async envs), a second process on
+# the live run, a resume after each kill; 4 minutes at most.
+run faults timeout 240 python scripts/fault_injection.py --mode gpu --kills 4 --contenders 1 --min-delay 8 \
+    --max-delay 20 --no-bad-inputs --json "$out/fault_injection_gpu.json"
 
 echo "$failed step(s) failed; logs in $logs"
 exit "$failed"
