@@ -17,11 +17,10 @@ import os
 import struct
 import sys
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.compat.proto import event_pb2
 from tensorboard.summary.writer.record_writer import RecordWriter
@@ -29,7 +28,10 @@ from tensorboard.summary.writer.record_writer import RecordWriter
 from mtrl_fair.agents import load_checkpoint
 from mtrl_fair.cli import EXIT_DISK_FULL, main
 
-pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/fd")
+pytestmark = [
+    pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/fd"),
+    pytest.mark.usefixtures("in_process_cli"),
+]
 
 STEPS, FAILING_STEP = 100, 60
 TINY = [
@@ -116,17 +118,6 @@ def resume_after_freeing_space(
     assert logged_steps(run_dir) == LOGGED_STEPS
     assert tensorboard_steps(run_dir) == LOGGED_STEPS
     assert json.loads((run_dir / "final_eval.json").read_text())["step"] == STEPS
-
-
-@pytest.fixture(autouse=True)
-def _in_process_run(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    monkeypatch.setattr(sys, "argv", list(sys.argv))  # the command sets it for Hydra
-    # Tiny networks: more than one thread only adds overhead (5x here, as OMP_NUM_THREADS=1 for
-    # the runs in subprocesses).
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.mark.parametrize("failing", ["data file", "checksum"])

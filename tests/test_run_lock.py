@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import json
 import os
 import signal
 import socket
@@ -14,8 +15,10 @@ import time
 from pathlib import Path
 
 import pytest
+from test_cli import TINY
 
 from mtrl_fair import run_lock
+from mtrl_fair.cli import EXIT_RUN_DIR_BUSY, main
 from mtrl_fair.run_lock import (
     LOCK_FILE,
     LockUnavailable,
@@ -102,9 +105,13 @@ _HOLDER = textwrap.dedent(
     from mtrl_fair.run_lock import RunLock
     lock = RunLock(sys.argv[1])
     lock.acquire()
-    if sys.argv[2] == "fork" and os.fork() == 0:
-        time.sleep(60)  # an env worker, still alive after its parent was killed
-        os._exit(0)
+    if sys.argv[2] == "fork":
+        started, tell = os.pipe()
+        if os.fork() == 0:  # an env worker, still alive after its parent was killed
+            os.write(tell, b"1")  # its code runs after the fork's handlers have
+            time.sleep(60)
+            os._exit(0)
+        os.read(started, 1)
     print("held", flush=True)
     time.sleep(60)
     """
@@ -137,3 +144,29 @@ def test_the_lock_does_not_outlive_a_killed_holder(tmp_path: Path, child: str) -
         with contextlib.suppress(ProcessLookupError):
             os.killpg(holder.pid, signal.SIGKILL)  # the child too
         holder.wait()
+
+
+@pytest.mark.usefixtures("in_process_cli")
+def test_the_command_refuses_a_filesystem_without_locks_unless_told_otherwise(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert run_lock.fcntl is not None
+
+    def no_locks(fd: int, operation: int) -> None:
+        raise OSError(errno.ENOLCK, os.strerror(errno.ENOLCK))
+
+    monkeypatch.setattr(run_lock.fcntl, "flock", no_locks)
+    run_dir = tmp_path / "run"
+    assert main(["train", *TINY, "steps=60", f"hydra.run.dir={run_dir}"]) == EXIT_RUN_DIR_BUSY
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1
+    assert lines[0].startswith(f"error: cannot lock {run_dir}: its filesystem refuses file locks")
+    assert "lock_run_dir=false" in lines[0]
+    assert not run_dir.exists()  # nothing left behind
+
+    assert main(["train", *TINY, "steps=60", "lock_run_dir=false", f"hydra.run.dir={run_dir}"]) == 0
+    assert f"warning: lock_run_dir=false: nothing keeps a second process from writing {run_dir}" in (
+        capsys.readouterr().out
+    )
+    assert json.loads((run_dir / "final_eval.json").read_text())["step"] == 60
+    assert not (run_dir / LOCK_FILE).exists()
