@@ -79,14 +79,13 @@ def _train(overrides: list[str]) -> int:
     from omegaconf import DictConfig, OmegaConf
 
     from mtrl_fair.config import ConfigError, TrainConfig, register_schemas
-
-    register_schemas()
     from mtrl_fair.run_lock import RunDirBusy
 
+    register_schemas()
     try:
         problem = _precheck(overrides)
     except RunDirBusy as busy:
-        _error(f"{busy}; wait for it to end (or stop it), then run the same command with resume=true")
+        _error(_busy_line(busy))
         return EXIT_RUN_DIR_BUSY
     if problem is not None:
         _error(problem)
@@ -134,7 +133,7 @@ def _train(overrides: list[str]) -> int:
             if in_sweep:  # the job is running elsewhere: not a failure of this sweep
                 print(f"skipped: {busy}", flush=True)
                 return
-            _error(f"{busy}; wait for it to end (or stop it), then run the same command with resume=true")
+            _error(_busy_line(busy))
             exit_code = EXIT_RUN_DIR_BUSY
             return
         except LockUnavailable as error:
@@ -209,7 +208,9 @@ def _precheck(overrides: list[str]) -> str | None:
                 # Ranges and names too, so that Hydra does not even create the run directory, nor
                 # write its files into an existing run that is not being resumed.
                 validate_train_config(OmegaConf.to_object(cfg))  # type: ignore[arg-type]
-        run_dir = next((o.split("=", 1)[1] for o in overrides if o.startswith("hydra.run.dir=")), None)
+        run_dir = next(
+            (o.split("=", 1)[1].strip("'\"") for o in overrides if o.startswith("hydra.run.dir=")), None
+        )
         if not sweep and run_dir is not None:
             if cfg.lock_run_dir:
                 check_not_held(run_dir)
@@ -284,26 +285,35 @@ def _one_line(message: str) -> str:
     return "; ".join(dict.fromkeys(keep))
 
 
+def _busy_line(busy: Exception) -> str:
+    return f"{busy}; wait for it to end (or stop it), then run the same command with resume=true"
+
+
 def _write_hydra_record(run_dir: Path, task_cfg: Any) -> None:
     """Hydra's record of the job in ``.hydra/`` (the config, Hydra's own config, the overrides), as
     Hydra would write it before the job; written here once the run holds its directory."""
     from hydra.core.hydra_config import HydraConfig
     from omegaconf import OmegaConf
 
-    from mtrl_fair.disk_full import writing
-    from mtrl_fair.run_dir import write_text_atomically
+    from mtrl_fair.disk_full import DiskFullError, writing
+    from mtrl_fair.run_dir import latest_checkpoint, write_text_atomically
 
     hydra_cfg = HydraConfig.instance().cfg
     assert hydra_cfg is not None
     folder = run_dir / ".hydra"
-    with writing("Hydra's record of the job", folder):
-        folder.mkdir(exist_ok=True)
-        for name, node in (
-            ("config.yaml", task_cfg),
-            ("hydra.yaml", hydra_cfg),
-            ("overrides.yaml", hydra_cfg.hydra.overrides.task),
-        ):
-            write_text_atomically(folder / name, OmegaConf.to_yaml(node))
+    try:
+        with writing("Hydra's record of the job", folder):
+            folder.mkdir(exist_ok=True)
+            for name, node in (
+                ("config.yaml", task_cfg),
+                ("hydra.yaml", hydra_cfg),
+                ("overrides.yaml", hydra_cfg.hydra.overrides.task),
+            ):
+                write_text_atomically(folder / name, OmegaConf.to_yaml(node))
+    except DiskFullError as error:  # before the run has looked at its checkpoints: name the newest
+        found = latest_checkpoint(run_dir)
+        error.resumable = (found[0], int(found[1]["counters"]["iteration"])) if found is not None else None
+        raise
 
 
 def _remove_hydra_files(run_dir: Path) -> None:

@@ -202,3 +202,27 @@ def test_a_tensorboard_event_that_does_not_fit(
     for events_file in run_dir.glob("events.out.tfevents.*"):
         assert_whole_records(events_file)
     resume_after_freeing_space(run_dir, capsys, monkeypatch, FAILING_STEP - 20)
+
+
+def test_a_disk_full_before_the_run_starts_names_the_checkpoint_to_resume_from(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run_dir = tmp_path / "run"
+    code, _, err = train(run_dir, capsys, "steps=40")
+    assert code == 0, err
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        if path_of(fd).parent.name == ".hydra":  # the first file a resumed run writes
+            raise no_space()
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    code, out, err = train(run_dir, capsys, "resume=true")
+    assert code == EXIT_DISK_FULL
+    assert "Traceback" not in out + err
+    line = err.strip()
+    assert line.startswith("error: disk full: writing Hydra's record of the job to ")
+    assert f"the last checkpoint to resume from is {run_dir / 'checkpoints' / 'step_000000040.pt'}" in line
+    assert not [p for p in (run_dir / ".hydra").iterdir() if p.name.startswith(".")]  # no temporary file
+    resume_after_freeing_space(run_dir, capsys, monkeypatch, 40)
