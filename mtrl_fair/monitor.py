@@ -91,6 +91,9 @@ class RunMonitor:
             with writing("metrics", self.metrics_path):
                 truncate_metrics(self.metrics_path, last_kept)
         except BaseException:
+            if hasattr(self, "writer"):
+                with contextlib.suppress(OSError):
+                    self.writer.close()
             self._quiet_threads.close()
             raise
         # Training-episode statistics: success = info["success"] was 1 at any step of the episode.

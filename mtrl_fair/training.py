@@ -8,7 +8,6 @@ checkpoints and evaluates every so many iterations, and finally save and evaluat
 The run directory (:mod:`mtrl_fair.run_dir`) holds:
 
 * ``.lock``: locked by the process writing the run, which notes its host, pid and start time there;
-
 * ``config.yaml``: the resolved config;
 * ``metrics.jsonl``: one JSON object per logged point, each with its ``step`` (iterations);
 * ``events.out.tfevents.*``: the same values for TensorBoard, grouped ``charts/``, ``losses/``,
