@@ -293,12 +293,13 @@ def _write_hydra_record(run_dir: Path, task_cfg: Any) -> None:
     """Hydra's record of the job in ``.hydra/`` (the config, Hydra's own config, the overrides), as
     Hydra would write it before the job; written here once the run holds its directory."""
     from hydra.core.hydra_config import HydraConfig
-    from omegaconf import OmegaConf
+    from omegaconf import DictConfig, OmegaConf
 
     from mtrl_fair.disk_full import DiskFullError, writing
     from mtrl_fair.run_dir import latest_checkpoint, write_text_atomically
 
-    hydra_cfg = HydraConfig.instance().cfg
+    # The whole config of the job with its `hydra` node (typed as the node alone), as Hydra saves it.
+    hydra_cfg: DictConfig = HydraConfig.instance().cfg  # type: ignore[assignment]
     assert hydra_cfg is not None
     folder = run_dir / ".hydra"
     try:
