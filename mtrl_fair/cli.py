@@ -127,8 +127,9 @@ def _train(overrides: list[str]) -> int:
                 # re-launched job resumes from its last checkpoint, and a finished one is skipped.
                 if in_sweep and holds_run(run_dir):
                     train_cfg.resume = True
-                _write_hydra_record(run_dir, cfg)
-                summary = run_training(train_cfg, run_dir)
+                summary = run_training(
+                    train_cfg, run_dir, before_writing=lambda: _write_hydra_record(run_dir, cfg)
+                )
         except RunDirBusy as busy:
             if in_sweep:  # the job is running elsewhere: not a failure of this sweep
                 print(f"skipped: {busy}", flush=True)
@@ -291,30 +292,26 @@ def _busy_line(busy: Exception) -> str:
 
 def _write_hydra_record(run_dir: Path, task_cfg: Any) -> None:
     """Hydra's record of the job in ``.hydra/`` (the config, Hydra's own config, the overrides), as
-    Hydra would write it before the job; written here once the run holds its directory."""
+    Hydra would write it before the job; written here once the run holds its directory and has
+    passed its checks."""
     from hydra.core.hydra_config import HydraConfig
     from omegaconf import DictConfig, OmegaConf
 
-    from mtrl_fair.disk_full import DiskFullError, writing
-    from mtrl_fair.run_dir import latest_checkpoint, write_text_atomically
+    from mtrl_fair.disk_full import writing
+    from mtrl_fair.run_dir import write_text_atomically
 
     # The whole config of the job with its `hydra` node (typed as the node alone), as Hydra saves it.
     hydra_cfg: DictConfig = HydraConfig.instance().cfg  # type: ignore[assignment]
     assert hydra_cfg is not None
     folder = run_dir / ".hydra"
-    try:
-        with writing("Hydra's record of the job", folder):
-            folder.mkdir(exist_ok=True)
-            for name, node in (
-                ("config.yaml", task_cfg),
-                ("hydra.yaml", hydra_cfg),
-                ("overrides.yaml", hydra_cfg.hydra.overrides.task),
-            ):
-                write_text_atomically(folder / name, OmegaConf.to_yaml(node))
-    except DiskFullError as error:  # before the run has looked at its checkpoints: name the newest
-        found = latest_checkpoint(run_dir)
-        error.resumable = (found[0], int(found[1]["counters"]["iteration"])) if found is not None else None
-        raise
+    with writing("Hydra's record of the job", folder):
+        folder.mkdir(exist_ok=True)
+        for name, node in (
+            ("config.yaml", task_cfg),
+            ("hydra.yaml", hydra_cfg),
+            ("overrides.yaml", hydra_cfg.hydra.overrides.task),
+        ):
+            write_text_atomically(folder / name, OmegaConf.to_yaml(node))
 
 
 def _remove_hydra_files(run_dir: Path) -> None:

@@ -21,6 +21,7 @@ The run directory (:mod:`mtrl_fair.run_dir`) holds:
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -44,11 +45,19 @@ from mtrl_fair.run_lock import hold_run_dir
 __all__ = ["run_training"]
 
 
-def run_training(cfg: TrainConfig, run_dir: str | Path, *, echo: Any = print) -> dict[str, Any]:
+def run_training(
+    cfg: TrainConfig,
+    run_dir: str | Path,
+    *,
+    echo: Any = print,
+    before_writing: Callable[[], None] | None = None,
+) -> dict[str, Any]:
     """Train (or resume) the run described by ``cfg`` in ``run_dir``; return the final evaluation.
 
     The run holds ``run_dir``'s lock (:mod:`mtrl_fair.run_lock`) from before its first write until
-    the final evaluation is written, unless ``cfg.lock_run_dir`` is off.
+    the final evaluation is written, unless ``cfg.lock_run_dir`` is off. ``before_writing`` is called
+    once the checks have passed, before the run's first write (the command writes Hydra's record of
+    the job there, so that a rejected resume leaves the record of the run as it was).
 
     Raises:
         ConfigError: for any bad value, before an environment starts or a file is written.
@@ -64,11 +73,16 @@ def run_training(cfg: TrainConfig, run_dir: str | Path, *, echo: Any = print) ->
     if not cfg.lock_run_dir:
         echo(f"warning: lock_run_dir=false: nothing keeps a second process from writing {run_dir}")
     with hold_run_dir(run_dir, enabled=cfg.lock_run_dir):
-        return _run_holding_the_lock(cfg, run_dir, task_names, resolved, echo)
+        return _run_holding_the_lock(cfg, run_dir, task_names, resolved, echo, before_writing)
 
 
 def _run_holding_the_lock(
-    cfg: TrainConfig, run_dir: Path, task_names: list[str], resolved: dict[str, Any], echo: Any
+    cfg: TrainConfig,
+    run_dir: Path,
+    task_names: list[str],
+    resolved: dict[str, Any],
+    echo: Any,
+    before_writing: Callable[[], None] | None,
 ) -> dict[str, Any]:
     saved = None
     if cfg.resume:
@@ -87,6 +101,8 @@ def _run_holding_the_lock(
     try:
         # 2. Build the env and the agent, or restore them.
         run_dir.mkdir(parents=True, exist_ok=True)
+        if before_writing is not None:
+            before_writing()
         for warning in resource_warnings(cfg, len(task_names), resolve_device(cfg.device), run_dir):
             echo(f"warning: {warning}")
         with writing("the config", run_dir / "config.yaml"):

@@ -24,7 +24,8 @@ import pytest
 from cli_runs import cli, metric_steps
 from test_cli import TINY
 
-from mtrl_fair.run_lock import read_holder
+from mtrl_fair.cli import main
+from mtrl_fair.run_lock import LOCK_FILE, read_holder
 
 STEPS = 300
 RUN = [*TINY, f"steps={STEPS}", "checkpoint_every=50", "eval_every=100"]
@@ -160,3 +161,20 @@ def test_a_sweep_relaunched_while_a_member_runs_skips_it_and_finishes_the_rest(t
         run_dir = sweep_dir / f"seed={seed}"
         assert json.loads((run_dir / "final_eval.json").read_text())["step"] == SWEEP_STEPS
         assert metric_steps(run_dir) == list(range(75, SWEEP_STEPS + 1, 25)), seed
+
+
+@pytest.mark.usefixtures("in_process_cli")
+def test_a_rejected_resume_leaves_the_run_as_it_was(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A resume with other settings is refused after the run's lock is taken (it needs the saved
+    config): it must not rewrite the run's files, Hydra's record of the job included."""
+    run_dir = tmp_path / "run"
+    assert main(["train", *TINY, "steps=60", f"hydra.run.dir={run_dir}"]) == 0
+    before = {name: digest for name, digest in tree(run_dir).items() if name != LOCK_FILE}
+    capsys.readouterr()
+    assert main(["train", *TINY, "steps=60", "combiner=mean", "resume=true", f"hydra.run.dir={run_dir}"]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1
+    assert lines[0].startswith("error: resume=true but combiner differs from the run saved in ")
+    assert {name: digest for name, digest in tree(run_dir).items() if name != LOCK_FILE} == before
