@@ -32,7 +32,7 @@ run directory, run no code, and leave the finished run's files byte for byte as 
 
     python scripts/fault_injection.py --kills 10 --json docs/results/fault_injection.json
     python scripts/fault_injection.py --mode cpu-async --kills 10 --no-bad-inputs --json docs/results/fault_injection_cpu_async.json
-    python scripts/fault_injection.py --mode gpu --kills 4 --no-bad-inputs --json docs/results/fault_injection_gpu.json
+    python scripts/fault_injection.py --mode gpu --kills 4 --contenders 1 --min-delay 8 --max-delay 20 --no-bad-inputs --json docs/results/fault_injection_gpu.json
 """
 
 from __future__ import annotations

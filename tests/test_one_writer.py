@@ -75,7 +75,6 @@ def assert_refused_by(done: subprocess.CompletedProcess[str], run_dir: Path, hol
     assert "Traceback" not in done.stdout + done.stderr
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("first_resumes", [False, True], ids=["new-then-resume", "resume-then-new"])
 def test_a_second_process_on_a_held_run_exits_at_once_and_writes_nothing(
     tmp_path: Path, first_resumes: bool
