@@ -37,6 +37,12 @@ Run `mtrl-fair train --help` for the training config and its groups."""
 # rejected, so that bad input leaves no half-made run behind.
 _HYDRA_FILES = (".hydra", "train.log", "cli.log")
 
+# Exit codes of `mtrl-fair train` (documented in the README's section on faults).
+EXIT_BAD_INPUT = 2
+EXIT_NON_FINITE = 3
+EXIT_RUN_DIR_BUSY = 4
+EXIT_DISK_FULL = 5
+
 
 def _error(message: str) -> None:
     from rich.console import Console
@@ -82,12 +88,17 @@ def _train(overrides: list[str]) -> int:
     from omegaconf import DictConfig, OmegaConf
 
     from mtrl_fair.config import ConfigError, TrainConfig, register_schemas
+    from mtrl_fair.run_lock import RunDirBusy
 
     register_schemas()
-    problem = _precheck(overrides)
+    try:
+        problem = _precheck(overrides)
+    except RunDirBusy as busy:
+        _error(_busy_line(busy))
+        return EXIT_RUN_DIR_BUSY
     if problem is not None:
         _error(problem)
-        return 2
+        return EXIT_BAD_INPUT
     exit_code = 0
 
     @hydra.main(version_base="1.3", config_path="pkg://mtrl_fair.configs", config_name="train")
@@ -97,7 +108,10 @@ def _train(overrides: list[str]) -> int:
         from hydra.types import RunMode
 
         from mtrl_fair.agents import NonFiniteUpdateError
+        from mtrl_fair.config import validate_train_config
+        from mtrl_fair.disk_full import DiskFullError
         from mtrl_fair.run_dir import holds_run
+        from mtrl_fair.run_lock import LockUnavailable, RunDirBusy, hold_run_dir
         from mtrl_fair.training import run_training
 
         run_dir = Path(HydraConfig.get().runtime.output_dir)
@@ -106,24 +120,57 @@ def _train(overrides: list[str]) -> int:
         print(f"run directory: {run_dir}", flush=True)
         try:
             train_cfg: TrainConfig = OmegaConf.to_object(cfg)  # type: ignore[assignment]
-            # A sweep job always continues its own directory: a retried, preempted or re-launched
-            # job resumes from its last checkpoint, and a finished one is skipped.
-            if in_sweep and holds_run(run_dir):
-                train_cfg.resume = True
-            summary = run_training(train_cfg, run_dir)
+            validate_train_config(train_cfg)
         except ConfigError as error:
             _error(str(error))
             if fresh:
                 _remove_hydra_files(run_dir)
             if in_sweep:  # marks this job failed; Hydra reports it when the sweep ends
                 raise
-            exit_code = 2
+            exit_code = EXIT_BAD_INPUT
+            return
+        try:
+            # The lock comes before any write: a second process on a held run writes nothing there.
+            with hold_run_dir(run_dir, enabled=train_cfg.lock_run_dir):
+                # A sweep job always continues its own directory: a retried, preempted or
+                # re-launched job resumes from its last checkpoint, and a finished one is skipped.
+                if in_sweep and holds_run(run_dir):
+                    train_cfg.resume = True
+                summary = run_training(
+                    train_cfg, run_dir, before_writing=lambda: _write_hydra_record(run_dir, cfg)
+                )
+        except RunDirBusy as busy:
+            if in_sweep:  # the job is running elsewhere: not a failure of this sweep
+                print(f"skipped: {busy}", flush=True)
+                return
+            _error(_busy_line(busy))
+            exit_code = EXIT_RUN_DIR_BUSY
+            return
+        except LockUnavailable as error:
+            _error(str(error))
+            if fresh:
+                _remove_hydra_files(run_dir)
+            if in_sweep:
+                raise
+            exit_code = EXIT_RUN_DIR_BUSY
+            return
+        except ConfigError as error:  # found under the lock: the directory holds another run
+            _error(str(error))
+            if in_sweep:
+                raise
+            exit_code = EXIT_BAD_INPUT
             return
         except NonFiniteUpdateError as error:
             _error(f"{error} ({run_dir / 'checkpoints'})")
             if in_sweep:
                 raise
-            exit_code = 3
+            exit_code = EXIT_NON_FINITE
+            return
+        except DiskFullError as error:
+            _error(f"{error} (exit code {EXIT_DISK_FULL})")
+            if in_sweep:
+                raise
+            exit_code = EXIT_DISK_FULL
             return
         if summary:
             print(
@@ -143,6 +190,10 @@ def _precheck(overrides: list[str]) -> str | None:
     Hydra's own reports span several lines and list its search path. For a sweep (``-m``) every
     combination is composed and checked, so that a typo in the fifth job does not surface hours
     into the sweep, nor after a cluster has started.
+
+    Raises:
+        RunDirBusy: the run directory is held by a live process (checked first, so that the second
+            process is told who holds it rather than that the directory holds a run).
     """
     flags = [arg for arg in overrides if arg.startswith("-")]
     if any(flag not in ("-m", "--multirun") for flag in flags):
@@ -155,6 +206,7 @@ def _precheck(overrides: list[str]) -> str | None:
 
     from mtrl_fair.config import validate_train_config
     from mtrl_fair.run_dir import check_new_run_dir
+    from mtrl_fair.run_lock import check_not_held
 
     sweep = bool(flags)
     task_overrides = _task_overrides(overrides)
@@ -166,9 +218,14 @@ def _precheck(overrides: list[str]) -> str | None:
                 # Ranges and names too, so that Hydra does not even create the run directory, nor
                 # write its files into an existing run that is not being resumed.
                 validate_train_config(OmegaConf.to_object(cfg))  # type: ignore[arg-type]
-        run_dir = next((o.split("=", 1)[1] for o in overrides if o.startswith("hydra.run.dir=")), None)
-        if not sweep and run_dir is not None and not cfg.resume:
-            check_new_run_dir(run_dir)
+        run_dir = next(
+            (o.split("=", 1)[1].strip("'\"") for o in overrides if o.startswith("hydra.run.dir=")), None
+        )
+        if not sweep and run_dir is not None:
+            if cfg.lock_run_dir:
+                check_not_held(run_dir)
+            if not cfg.resume:
+                check_new_run_dir(run_dir)
     except (HydraException, OmegaConfBaseException, ValueError) as error:
         messages = [str(error)]
         cause = error.__cause__
@@ -204,6 +261,7 @@ _NOT_IN_RUN_NAME = (
     "log_every",
     "checkpoint_every",
     "keep_checkpoints",
+    "lock_run_dir",
 )
 
 
@@ -236,6 +294,34 @@ def _one_line(message: str) -> str:
     skip = ("full_key", "object_type", "reference_type", "Config search path", "provider=", "To append")
     keep = [line.rstrip(".") for line in lines if not line.startswith(skip)]
     return "; ".join(dict.fromkeys(keep))
+
+
+def _busy_line(busy: Exception) -> str:
+    return f"{busy}; wait for it to end (or stop it), then run the same command with resume=true"
+
+
+def _write_hydra_record(run_dir: Path, task_cfg: Any) -> None:
+    """Hydra's record of the job in ``.hydra/`` (the config, Hydra's own config, the overrides), as
+    Hydra would write it before the job; written here once the run holds its directory and has
+    passed its checks."""
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import DictConfig, OmegaConf
+
+    from mtrl_fair.disk_full import writing
+    from mtrl_fair.run_dir import write_text_atomically
+
+    # The whole config of the job with its `hydra` node (typed as the node alone), as Hydra saves it.
+    hydra_cfg: DictConfig = HydraConfig.instance().cfg  # type: ignore[assignment]
+    assert hydra_cfg is not None
+    folder = run_dir / ".hydra"
+    with writing("Hydra's record of the job", folder):
+        folder.mkdir(exist_ok=True)
+        for name, node in (
+            ("config.yaml", task_cfg),
+            ("hydra.yaml", hydra_cfg),
+            ("overrides.yaml", hydra_cfg.hydra.overrides.task),
+        ):
+            write_text_atomically(folder / name, OmegaConf.to_yaml(node))
 
 
 def _remove_hydra_files(run_dir: Path) -> None:

@@ -64,6 +64,9 @@ class TrainConfig:
     """Episodes per task in the evaluation at the end (Meta-World's protocol: 50)."""
     resume: bool = False
     progress: bool = True
+    lock_run_dir: bool = True
+    """Hold the run directory's lock while training (:mod:`mtrl_fair.run_lock`); ``false`` only for a
+    filesystem without file locks, where nothing then keeps two processes apart."""
 
 
 def register_schemas() -> None:

@@ -5,13 +5,21 @@
 TensorBoard (grouped ``charts/``, ``losses/``, ``combiner/``); every ``eval_every`` iterations it
 runs an evaluation; every ``checkpoint_every`` iterations it writes a checkpoint, after that step's
 record, so that a run resumed from it has every record up to its step.
+
+A write that fails because the disk is full raises :class:`~mtrl_fair.disk_full.DiskFullError`
+naming it, and leaves no partial file: a checkpoint is written atomically (and removed with its
+checksum if the disk fills between the two), a metrics line that does not fit is cut off, and the
+TensorBoard file is cut back to its last flush.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import time
 from collections import deque
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,13 +27,16 @@ import numpy as np
 import torch
 
 from mtrl_fair.agents import MTSAC, StepResult, UpdateStats
-from mtrl_fair.agents.checkpoint import save_checkpoint
+from mtrl_fair.agents.checkpoint import checksum_path, save_checkpoint
 from mtrl_fair.agents.progress import ProgressBar
 from mtrl_fair.config import TrainConfig
+from mtrl_fair.disk_full import DiskFullError, quiet_disk_full_in_threads, writing
 from mtrl_fair.envs import EvalResult
-from mtrl_fair.run_dir import CHECKPOINT_DIR, find_checkpoints, truncate_metrics
+from mtrl_fair.run_dir import CHECKPOINT_DIR, append_line, find_checkpoints, truncate_metrics
 
 __all__ = ["RunMonitor", "restore_rng_state", "rng_state"]
+
+EVENTS_FILES = "events.out.tfevents.*"
 
 
 def rng_state(env: Any) -> dict[str, Any]:
@@ -46,7 +57,10 @@ def restore_rng_state(state: dict[str, Any], env: Any) -> None:
 
 
 class RunMonitor:
-    """The ``learn`` callback of a run: episode statistics, logging, checkpoints and evaluations."""
+    """The ``learn`` callback of a run: episode statistics, logging, checkpoints and evaluations.
+
+    ``resumed_from`` is the checkpoint the run was restored from and its iteration, if any.
+    """
 
     def __init__(
         self,
@@ -56,19 +70,32 @@ class RunMonitor:
         *,
         start_iteration: int,
         resolved_config: dict[str, Any],
+        resumed_from: tuple[Path, int] | None = None,
     ) -> None:
-        from torch.utils.tensorboard import SummaryWriter
-
         self.cfg = cfg
         self.run_dir = run_dir
         self.task_names = task_names
         self.resolved_config = resolved_config
+        self.last_checkpoint = resumed_from
+        """The newest checkpoint on disk that this run can be resumed from, and its iteration."""
         num_tasks = len(task_names)
-        # TensorBoard drops any event after start_iteration left by a killed run (purge_step),
-        # including those of an attempt killed before its first checkpoint (start_iteration 0).
-        self.writer = SummaryWriter(str(run_dir), purge_step=start_iteration)
-        self.metrics_path = run_dir / "metrics.jsonl"
-        truncate_metrics(self.metrics_path, start_iteration)
+        # The checkpoint of iteration N follows N's metrics record and TensorBoard events, so a run
+        # resumed from it keeps them and logs from N + 1 on. The last iteration's record comes after
+        # its checkpoint (it holds the final evaluation): a run resumed there logs it again.
+        last_kept = start_iteration if start_iteration < cfg.steps else start_iteration - 1
+        self._quiet_threads = contextlib.ExitStack()
+        self._quiet_threads.enter_context(quiet_disk_full_in_threads())
+        try:
+            self._open_events(last_kept + 1)
+            self.metrics_path = run_dir / "metrics.jsonl"
+            with writing("metrics", self.metrics_path):
+                truncate_metrics(self.metrics_path, last_kept)
+        except BaseException:
+            if hasattr(self, "writer"):
+                with contextlib.suppress(OSError):
+                    self.writer.close()
+            self._quiet_threads.close()
+            raise
         # Training-episode statistics: success = info["success"] was 1 at any step of the episode.
         self._episode_success = np.zeros(num_tasks, dtype=bool)
         self._episode_return = np.zeros(num_tasks)
@@ -179,22 +206,74 @@ class RunMonitor:
         return values
 
     def write(self, iteration: int, env_steps: int, values: dict[str, float]) -> None:
-        for key, value in values.items():
-            self.writer.add_scalar(key, value, iteration)
+        with self._tensorboard():
+            for key, value in values.items():
+                self.writer.add_scalar(key, value, iteration)
         record = {"step": iteration, "env_steps": env_steps, "time": time.time(), **values}
-        with self.metrics_path.open("a") as handle:
-            handle.write(json.dumps(record) + "\n")
+        with writing("metrics", self.metrics_path):
+            append_line(self.metrics_path, json.dumps(record) + "\n")
+
+    # TensorBoard -------------------------------------------------------------------------------------
+    def _open_events(self, purge_step: int) -> None:
+        """A new TensorBoard file for this attempt; TensorBoard drops the events from ``purge_step`` on
+        in the earlier files (left by an attempt that was killed or stopped)."""
+        from torch.utils.tensorboard import SummaryWriter
+
+        before = set(self.run_dir.glob(EVENTS_FILES))
+        try:
+            with writing("TensorBoard events", self.run_dir):
+                self.writer = SummaryWriter(str(self.run_dir), purge_step=purge_step)
+                self.writer.flush()
+        except DiskFullError:
+            for new in set(self.run_dir.glob(EVENTS_FILES)) - before:  # holds no data yet
+                new.unlink(missing_ok=True)
+            raise
+        created = sorted(set(self.run_dir.glob(EVENTS_FILES)) - before)
+        self._events_path: Path | None = created[-1] if created else None
+        self._events_flushed = self._events_size()
+
+    def _events_size(self) -> int:
+        return self._events_path.stat().st_size if self._events_path is not None else 0
+
+    @contextlib.contextmanager
+    def _tensorboard(self) -> Iterator[None]:
+        """TensorBoard's writes: a full disk (met here, or in its writer thread before) cuts its file
+        back to the last flush, so that no partial event is left; the events after it are all newer
+        than the last checkpoint, and are logged again by a resumed run."""
+        try:
+            with writing("TensorBoard events", self._events_path or self.run_dir):
+                yield
+        except DiskFullError:
+            if self._events_path is not None:
+                with contextlib.suppress(OSError):
+                    os.truncate(self._events_path, self._events_flushed)
+            raise
 
     # Checkpoints -------------------------------------------------------------------------------------
     def checkpoint(self, agent: MTSAC) -> Path:
+        if self.last_checkpoint is not None and self.last_checkpoint[1] == agent.iteration:
+            return self.last_checkpoint[0]  # the run was resumed from this very state
+        # Every event up to this iteration is on disk before its checkpoint exists.
+        with self._tensorboard():
+            self.writer.flush()
+        self._events_flushed = self._events_size()
         state = agent.state_dict(include_replay_buffer=True)
         state["run"] = {
             "config": self.resolved_config,
             "benchmark": self.cfg.benchmark.name,
             "rng": rng_state(self.env),
         }
-        path = save_checkpoint(state, self.run_dir / CHECKPOINT_DIR / f"step_{agent.iteration:09d}.pt")
-        self.writer.flush()
+        path = self.run_dir / CHECKPOINT_DIR / f"step_{agent.iteration:09d}.pt"
+        try:
+            with writing("checkpoint", path):
+                save_checkpoint(state, path)
+        except DiskFullError:
+            # The disk may have filled between the data file and its checksum: remove the pair, so
+            # that the previous checkpoint is the newest again.
+            path.unlink(missing_ok=True)
+            checksum_path(path).unlink(missing_ok=True)
+            raise
+        self.last_checkpoint = (path, agent.iteration)
         # Older checkpoints are removed only once the new one is safely on disk.
         for old in find_checkpoints(self.run_dir)[: -self.cfg.keep_checkpoints]:
             old.unlink(missing_ok=True)
@@ -240,9 +319,22 @@ class RunMonitor:
             values[f"charts/eval_return/{name}"] = float(np.mean(result.returns[name]))
         return values
 
-    def close(self) -> None:
-        if self.eval_env is not None:
-            self.eval_env.close()
-        if self._progress is not None:
-            self._progress.close()
-        self.writer.close()
+    def close(self, *, failed: bool = False) -> None:
+        """Close the envs and files. ``failed``: the run is already stopping with an error, the one to
+        report, so a full disk met here again is not raised."""
+        try:
+            if self.eval_env is not None:
+                self.eval_env.close()
+            if self._progress is not None:
+                self._progress.close()
+            try:
+                with self._tensorboard():
+                    self.writer.flush()  # raises a write that failed in the writer's thread since the last one
+            except DiskFullError:
+                if not failed:
+                    raise
+            finally:
+                with contextlib.suppress(OSError):
+                    self.writer.close()
+        finally:
+            self._quiet_threads.close()

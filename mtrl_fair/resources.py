@@ -5,12 +5,14 @@ from __future__ import annotations
 import os
 import shutil
 from pathlib import Path
+from typing import Any
 
 import torch
 
+from mtrl_fair.agents import MTSAC
 from mtrl_fair.config import TrainConfig
 
-__all__ = ["replay_buffer_bytes", "resource_warnings"]
+__all__ = ["checkpoint_bytes", "replay_buffer_bytes", "resource_warnings"]
 
 
 # Meta-World's observation: 39 state values, then the one-hot task id.
@@ -21,6 +23,22 @@ def replay_buffer_bytes(num_tasks: int, capacity_per_task: int, action_dim: int 
     """Bytes of a full replay buffer: float32 obs, next obs, action, reward and termination."""
     obs_dim = _METAWORLD_STATE_DIM + num_tasks
     return 4 * num_tasks * capacity_per_task * (2 * obs_dim + action_dim + 2)
+
+
+def checkpoint_bytes(agent: MTSAC) -> int:
+    """Bytes of a checkpoint of ``agent`` once its replay buffer is full: every tensor it saves."""
+    buffer = sum(t.numel() * t.element_size() for t in agent.replay_buffer.storage.values())
+    return buffer + _tensor_bytes(agent.state_dict(include_replay_buffer=False))
+
+
+def _tensor_bytes(value: Any) -> int:
+    if isinstance(value, torch.Tensor):
+        return value.numel() * value.element_size()
+    if isinstance(value, dict):
+        return sum(_tensor_bytes(v) for v in value.values())
+    if isinstance(value, (list, tuple)):
+        return sum(_tensor_bytes(v) for v in value)
+    return 0
 
 
 def _free_host_memory() -> int | None:

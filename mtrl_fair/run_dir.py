@@ -3,14 +3,18 @@
 A run directory holds ``config.yaml`` (the resolved config), ``metrics.jsonl`` (one JSON object per
 logged point, each with its ``step``), TensorBoard's ``events.out.tfevents.*``, and
 ``checkpoints/step_<iteration>.pt`` with a ``.sha256`` beside each. This module finds those files
-and says whether a directory already holds a run; :mod:`mtrl_fair.monitor` writes them.
+and says whether a directory already holds a run; :mod:`mtrl_fair.monitor` writes them, through
+:func:`append_line` and :func:`write_text_atomically`, which leave no partial file behind when a write
+fails (a full disk) or the process is killed.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
 import re
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +25,7 @@ from mtrl_fair.config import ConfigError, TrainConfig
 
 __all__ = [
     "CHECKPOINT_DIR",
+    "append_line",
     "check_new_run_dir",
     "check_same_run",
     "find_checkpoints",
@@ -28,6 +33,7 @@ __all__ = [
     "latest_checkpoint",
     "read_json",
     "truncate_metrics",
+    "write_text_atomically",
 ]
 
 CHECKPOINT_DIR = "checkpoints"
@@ -55,12 +61,13 @@ def latest_checkpoint(run_dir: str | Path) -> tuple[Path, dict[str, Any]] | None
     """The newest checkpoint that loads and matches its checksum, with its contents.
 
     A newer file that fails (a run killed between writing a checkpoint and its checksum) is skipped
-    in favour of the previous one.
+    in favour of the previous one, and so is one that the run writing this directory removes while
+    it is read (it keeps only the newest few).
     """
     for path in reversed(find_checkpoints(run_dir)):
         try:
             return path, load_checkpoint(path)
-        except CheckpointError:
+        except (CheckpointError, FileNotFoundError):
             continue
     return None
 
@@ -104,19 +111,75 @@ def _comparable(key: str, value: Any, defaults: dict[str, Any]) -> Any:
 
 
 def truncate_metrics(path: Path, last_step: int) -> None:
-    """Drop logged points after ``last_step``: a resumed run logs them again, without duplicates."""
+    """Drop logged points after ``last_step``: a resumed run logs them again, without duplicates.
+
+    The points are in step order, so the file is cut back after the last point kept, which writes
+    nothing (it works on a full disk, and a kill cannot leave it half rewritten). A line cut short
+    by a kill (no newline, or no JSON) ends the kept part. A file out of order (written by two
+    processes at once before runs were locked) is rewritten atomically instead.
+    """
     if not path.exists():
         return
-    kept = []
-    for line in path.read_text().splitlines():
+    data = path.read_bytes()
+    kept, end, in_order, offset = [], 0, True, 0
+    for line in data.splitlines(keepends=True):
+        start, offset = offset, offset + len(line)
         try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            continue  # a line cut short by a kill
-        if record.get("step", math.inf) <= last_step:
-            kept.append(line)
-    path.write_text("".join(line + "\n" for line in kept))
+            record = json.loads(line) if line.endswith(b"\n") else None
+        except ValueError:
+            record = None
+        if not isinstance(record, dict) or record.get("step", math.inf) > last_step:
+            continue
+        kept.append(line)
+        in_order = in_order and start == end
+        end = offset
+    if in_order:
+        if end < len(data):
+            os.truncate(path, end)
+    else:
+        write_text_atomically(path, b"".join(kept).decode())
+
+
+def append_line(path: Path, line: str) -> None:
+    """Append ``line`` (ending in a newline) to ``path``; if the write fails, cut the file back.
+
+    A write that fails part-way (a full disk) would otherwise leave half a line, and the next
+    record glued to it.
+    """
+    data = line.encode()
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        start = os.fstat(fd).st_size
+        try:
+            written = 0
+            while written < len(data):
+                written += os.write(fd, data[written:])
+        except BaseException:
+            os.ftruncate(fd, start)  # frees space, so it works on a full disk
+            raise
+    finally:
+        os.close(fd)
+
+
+def write_text_atomically(path: Path, text: str) -> None:
+    """Replace ``path`` by ``text`` in one step: a failed write (a full disk) or a kill leaves the old file."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        os.fchmod(fd, 0o644)
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def read_json(path: Path) -> dict[str, Any]:
-    return json.loads(path.read_text()) if path.exists() else {}
+    """The JSON object in ``path``; empty when the file is absent or unreadable."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}

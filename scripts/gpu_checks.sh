@@ -12,7 +12,7 @@ set -u
 cd "$(dirname "$0")/.."
 out="${1:-docs/results}"
 logs="$out/gpu_checks_logs"
-steps="${STEPS:-tests cli_mt10 throughput throughput_mt50 combiners env_floor}"
+steps="${STEPS:-tests cli_mt10 throughput throughput_mt50 combiners env_floor faults}"
 # tf32: MT10 throughput with agent.matmul_precision=high beside highest; tf32_learning: the easy
 # subset learned with highest and high side by side (about 5 minutes more); solve: the solvers alone.
 OPTIONAL_STEPS="tf32 tf32_learning solve"
@@ -73,6 +73,11 @@ run tf32 python scripts/bench_throughput.py --device cuda --combiners mean fairg
     --matmul-precision high --json "$out/throughput_cuda_tf32.json"
 run tf32_learning tf32_learning
 run solve python scripts/bench_fairgrad_solve.py --device cuda --repeats 100 --json "$out/bench-solve-cuda.json"
+
+# SIGKILLs on the fast GPU path (CUDA graph, overlapped env steps, async envs), a second process on
+# the live run, a resume after each kill; 4 minutes at most.
+run faults timeout 240 python scripts/fault_injection.py --mode gpu --kills 4 --contenders 1 --min-delay 8 \
+    --max-delay 20 --no-bad-inputs --json "$out/fault_injection_gpu.json"
 
 echo "$failed step(s) failed; logs in $logs"
 exit "$failed"

@@ -5,9 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+from agent_builders import fill, make_agent
 
+from mtrl_fair.agents.checkpoint import save_checkpoint
 from mtrl_fair.config import TrainConfig
-from mtrl_fair.resources import replay_buffer_bytes, resource_warnings
+from mtrl_fair.resources import checkpoint_bytes, replay_buffer_bytes, resource_warnings
 
 GIB = 2**30
 
@@ -47,3 +49,13 @@ def test_warns_when_checkpoints_would_fill_the_disk(tmp_path: Path) -> None:
     assert len(warnings) == 1
     assert "keep_checkpoints" in warnings[0]
     assert str(tmp_path) in warnings[0]
+
+
+def test_checkpoint_size_is_that_of_a_checkpoint_with_a_full_buffer(tmp_path: Path) -> None:
+    agent = fill(make_agent(buffer_size_per_task=256), transitions=256)
+    agent.update(agent.replay_buffer.sample(8))  # the optimizers' state exists after an update
+    path = tmp_path / "full.pt"
+    save_checkpoint(agent.state_dict(include_replay_buffer=True), path)
+    expected = checkpoint_bytes(agent)
+    # Every tensor's bytes, plus the archive's own records (names, metadata, alignment).
+    assert expected <= path.stat().st_size <= expected + 64 * 1024
