@@ -30,6 +30,8 @@ import gymnasium as gym
 import numpy as np
 from metaworld import env_dict  # importing metaworld registers its "Meta-World/..." gymnasium ids
 
+from .rendering import check_camera
+
 BENCHMARKS: tuple[str, ...] = ("MT10", "MT50")
 VECTOR_STRATEGIES: tuple[str, ...] = ("sync", "async")
 MetaWorldVectorEnv: TypeAlias = gym.vector.SyncVectorEnv | gym.vector.AsyncVectorEnv
@@ -91,6 +93,8 @@ def make_vector_env(
     seed: int = 0,
     vector_strategy: str = "sync",
     max_episode_steps: int = MAX_EPISODE_STEPS,
+    render_size: int | None = None,
+    camera: str = "corner3",
 ) -> MetaWorldVectorEnv:
     """A vector env with one sub-env per task, observations ``(K, 39 + K)``, actions ``(K, 4)``.
 
@@ -99,6 +103,10 @@ def make_vector_env(
     from Meta-World's 50 pre-sampled goals of its task. Every seed, 0 included, gives a seeded,
     deterministic env. Autoreset is SAME_STEP and training never terminates on success (see the
     module docstring). :func:`vector_env_task_names` reads back the task of each sub-env.
+
+    ``render_size`` makes every sub-env render ``render_size``-pixel square RGB frames from
+    ``camera`` (one of :data:`~mtrl_fair.envs.rendering.CAMERAS`); call
+    :func:`~mtrl_fair.envs.rendering.prepare_rendering` first.
     """
     canonical = _canonical_benchmark(benchmark)
     task_names = resolve_tasks(canonical, tasks)
@@ -123,6 +131,14 @@ def make_vector_env(
         "max_episode_steps": int(max_episode_steps),
         "autoreset_mode": gym.vector.AutoresetMode.SAME_STEP,
     }
+    if render_size is not None:
+        check_camera(camera)
+        common.update(
+            render_mode="rgb_array",
+            camera_name=None if camera == "free" else camera,
+            width=int(render_size),
+            height=int(render_size),
+        )
     with warnings.catch_warnings():
         # Meta-World declares float64 observation bounds; gymnasium warns each time it casts them to
         # the float32 observations the vector env returns. The cast is harmless, the noise is not.
