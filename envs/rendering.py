@@ -61,7 +61,15 @@ _DEBIAN_PACKAGE = {"egl": "libegl1", "osmesa": "libosmesa6", "glfw": "libglfw3"}
 
 
 class RenderingError(ImportError):
-    """An OpenGL library that MuJoCo needs cannot be loaded; the message names the package to install."""
+    """An OpenGL library that MuJoCo needs cannot be loaded; the message names the package to install.
+
+    An ``ImportError``, since mujoco's own import fails this way (see :func:`import_mujoco`), before
+    anything that could name this class is importable; ``debian_package`` tells it apart.
+    """
+
+    def __init__(self, message: str, debian_package: str | None = None) -> None:
+        super().__init__(message)
+        self.debian_package = debian_package
 
 
 def choose_backend(environ: Any = None, driver_files: tuple[str, ...] | None = None) -> str:
@@ -89,7 +97,7 @@ def import_mujoco() -> None:
             raise  # not a rendering problem
         if backend not in _BACKENDS:
             raise RenderingError(_unknown_backend_message(backend)) from None
-        raise RenderingError(_missing_library_message(backend, error)) from None
+        raise RenderingError(_missing_library_message(backend, error), _DEBIAN_PACKAGE[backend]) from None
 
 
 _prepared: str | None = None
@@ -122,7 +130,7 @@ def prepare_rendering() -> str:
     try:
         _open_and_free_context(backend)
     except Exception as error:  # a missing library surfaces as ImportError, OSError, RuntimeError...
-        raise RenderingError(_missing_library_message(backend, error)) from None
+        raise RenderingError(_missing_library_message(backend, error), _DEBIAN_PACKAGE[backend]) from None
     _prepared = backend
     return backend
 

@@ -3,8 +3,11 @@
 ``mtrl-fair train [overrides…]`` composes ``configs/train.yaml`` with Hydra (so ``-m`` sweeps and
 Hydra launchers work) and runs :func:`mtrl_fair.training.run_training`.
 
-``mtrl-fair eval <run-dir-or-checkpoint> [episodes=N] [seed=S] [device=D] [vector_strategy=sync|async]``
-scores a trained agent with Meta-World's protocol and writes the per-task table as JSON and Markdown.
+``mtrl-fair eval <run-dir-or-checkpoint> [episodes=N] [seed=S] [device=D] [vector_strategy=sync|async]
+[video=true video_episodes=N video_size=PX video_camera=NAME]`` scores a trained agent with
+Meta-World's protocol, writes the per-task table as JSON and Markdown and the per-task success
+as ``eval.png`` (with the run's evaluations along training beside it), and with ``video=true`` one
+clip per task in ``<run>/videos/``.
 
 ``mtrl-fair report <run-or-sweep-dirs...> --out DIR`` turns runs into ``DIR/report.md`` and its plots
 (:mod:`mtrl_fair.report`).
@@ -25,6 +28,8 @@ commands:
   train [key=value ...]                 train multi-task SAC (Hydra overrides, e.g. benchmark=mt10 combiner=fairgrad)
   eval <run-dir-or-checkpoint> [key=value ...]
                                         per-task success rates (episodes=50 seed=0 device=auto vector_strategy=sync)
+                                        and eval.png; video=true: one clip per task in <run>/videos/
+                                        (video_episodes=1 video_size=240 video_camera=corner3)
   report <run-or-sweep-dirs ...> --out DIR
                                         Markdown report with plots: success with confidence intervals,
                                         per-task success, fairness across tasks
@@ -39,8 +44,10 @@ _HYDRA_FILES = (".hydra", "train.log", "cli.log")
 
 def _error(message: str) -> None:
     from rich.console import Console
+    from rich.markup import escape
 
-    Console(stderr=True).print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    # Escaped: a message may hold brackets (".[wandb]", "[reach-v3]") that rich would read as markup.
+    Console(stderr=True).print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -49,10 +56,18 @@ def main(argv: list[str] | None = None) -> int:
         print(USAGE)
         return 0
     command, rest = argv[0], argv[1:]
-    if command == "train":
-        return _train(rest)
-    if command == "eval":
-        return _eval(rest)
+    try:
+        if command == "train":
+            return _train(rest)
+        if command == "eval":
+            return _eval(rest)
+    except ImportError as error:
+        if not hasattr(error, "debian_package"):
+            raise
+        # An OpenGL library MuJoCo needs is missing (mtrl_fair.envs.rendering.RenderingError, which
+        # cannot be named here: importing it is what failed); its message says what to install.
+        _error(str(error))
+        return 2
     if command == "report":
         from mtrl_fair.report import main as report_main
 
@@ -187,7 +202,20 @@ def _sweep_jobs(overrides: list[str]) -> list[list[str]]:
 
 
 # Keys that never change what is trained: they stay out of a sweep job's directory name.
-_NOT_IN_RUN_NAME = ("resume", "progress", "device", "log_every", "checkpoint_every", "keep_checkpoints")
+_NOT_IN_RUN_NAME = (
+    "resume",
+    "progress",
+    "device",
+    "log_every",
+    "checkpoint_every",
+    "keep_checkpoints",
+    "video_every",
+    "video_size",
+    "video_camera",
+    "logger",
+    "wandb_project",
+    "wandb_entity",
+)
 
 
 def _sweep_dirname_override(overrides: list[str]) -> list[str]:
@@ -240,7 +268,25 @@ def _remove_hydra_files(run_dir: Path) -> None:
 # eval
 # ----------------------------------------------------------------------------------------------------
 
-_EVAL_KEYS = {"episodes": int, "seed": int, "device": str, "vector_strategy": str}
+def _boolean(value: str) -> bool:
+    if value.lower() in ("true", "1", "yes"):
+        return True
+    if value.lower() in ("false", "0", "no"):
+        return False
+    raise ValueError(value)
+
+
+# Each option: its type, what the type is called in an error, and its default.
+_EVAL_KEYS: dict[str, tuple[Any, str, Any]] = {
+    "episodes": (int, "an integer", 50),
+    "seed": (int, "an integer", 0),
+    "device": (str, "a name", "auto"),
+    "vector_strategy": (str, "a name", "sync"),
+    "video": (_boolean, "true or false", False),
+    "video_episodes": (int, "an integer", 1),
+    "video_size": (int, "an integer", 240),
+    "video_camera": (str, "a name", "corner3"),
+}
 
 
 def _parse_eval_args(args: list[str]) -> tuple[Path, dict[str, Any]]:
@@ -248,22 +294,24 @@ def _parse_eval_args(args: list[str]) -> tuple[Path, dict[str, Any]]:
         raise ValueError(
             "eval needs a run directory or a checkpoint file: mtrl-fair eval <path> [episodes=N]"
         )
-    path, options = Path(args[0]), {"episodes": 50, "seed": 0, "device": "auto", "vector_strategy": "sync"}
+    path, options = Path(args[0]), {key: default for key, (_, _, default) in _EVAL_KEYS.items()}
     for arg in args[1:]:
         key, sep, value = arg.partition("=")
         if not sep or key not in _EVAL_KEYS:
             raise ValueError(
                 f"unknown eval option {arg!r}; allowed: {', '.join(k + '=' for k in _EVAL_KEYS)}"
             )
+        parse, kind, _ = _EVAL_KEYS[key]
         try:
-            options[key] = _EVAL_KEYS[key](value)
+            options[key] = parse(value)
         except ValueError:
-            raise ValueError(f"eval option {key} needs an integer, got {value!r}") from None
+            raise ValueError(f"eval option {key} needs {kind}, got {value!r}") from None
     return path, options
 
 
 def _eval(args: list[str]) -> int:
     from mtrl_fair.agents import MTSAC, CheckpointError, load_checkpoint
+    from mtrl_fair.monitor import VIDEO_DIR
     from mtrl_fair.run_dir import latest_checkpoint
 
     try:
@@ -273,10 +321,12 @@ def _eval(args: list[str]) -> int:
             if found is None:
                 raise ValueError(f"no loadable checkpoint in {path / 'checkpoints'}")
             checkpoint, state = found
-            out_prefix = path / "eval"
+            out_prefix, run_dir = path / "eval", path
+            video_dir = path / VIDEO_DIR
         elif path.is_file():
             checkpoint, state = path, load_checkpoint(path)
-            out_prefix = path.with_suffix(".eval")
+            out_prefix, run_dir = path.with_suffix(".eval"), path.parent.parent
+            video_dir = path.with_suffix(".videos")
         else:
             raise ValueError(f"no run directory or checkpoint at {path}")
         agent = MTSAC.from_metadata(state["metadata"], device=options["device"])
@@ -289,7 +339,7 @@ def _eval(args: list[str]) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from mtrl_fair.envs import evaluate
+    from mtrl_fair.envs import RenderingError, evaluate
 
     console = Console()
     console.print(
@@ -304,8 +354,12 @@ def _eval(args: list[str]) -> int:
             tasks=agent.task_names,
             vector_strategy=options["vector_strategy"],
             progress=True,
+            video_dir=video_dir if options["video"] else None,
+            video_episodes=options["video_episodes"],
+            video_size=options["video_size"],
+            video_camera=options["video_camera"],
         )
-    except ValueError as error:
+    except (ValueError, RenderingError) as error:
         _error(str(error))
         return 2
     table = Table(
@@ -314,20 +368,36 @@ def _eval(args: list[str]) -> int:
     table.add_column("task")
     table.add_column("success", justify="right")
     table.add_column("mean return", justify="right")
+    if result.videos:
+        table.add_column("video")
     for name in agent.task_names:
         table.add_row(
             name,
             f"{result.per_task[name]:.2f}",
             f"{sum(result.returns[name]) / len(result.returns[name]):.1f}",
+            *([result.videos[name].describe()] if result.videos else []),
         )
     table.add_row("[bold]mean", f"[bold]{result.mean_success:.3f}", f"{result.mean_return:.1f}")
     console.print(table)
     record = {**result.to_dict(), "checkpoint": str(checkpoint), "step": agent.iteration}
     json_path, md_path = Path(f"{out_prefix}.json"), Path(f"{out_prefix}.md")
+    png_path = Path(f"{out_prefix}.png")
     json_path.write_text(json.dumps(record, indent=2) + "\n")
     md_path.write_text(result.to_markdown())
-    console.print(f"wrote {json_path} and {md_path}")
+    _plot_eval(result.per_task, run_dir / "metrics.jsonl", png_path, f"{benchmark}, iteration {agent.iteration}")
+    console.print(f"wrote {json_path}, {md_path} and {png_path}")
+    if result.videos:
+        console.print(f"videos: {video_dir}/<task>.mp4")
     return 0
+
+
+def _plot_eval(per_task: dict[str, float], metrics_path: Path, png_path: Path, title: str) -> None:
+    """``eval.png``: this evaluation's per-task success, beside the run's evaluations along training."""
+    from mtrl_fair.report.plots import plot_task_success
+    from mtrl_fair.report.runs import task_eval_curves
+
+    curves = task_eval_curves(metrics_path, list(per_task))
+    plot_task_success(per_task, png_path, title=f"{title}: {len(per_task)} tasks", curves=curves)
 
 
 def _infer_benchmark(task_names: list[str]) -> str:

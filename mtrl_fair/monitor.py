@@ -4,7 +4,10 @@
 ``log_every`` iterations it writes one record to ``metrics.jsonl`` and the same values to
 TensorBoard (grouped ``charts/``, ``losses/``, ``combiner/``); every ``eval_every`` iterations it
 runs an evaluation; every ``checkpoint_every`` iterations it writes a checkpoint, after that step's
-record, so that a run resumed from it has every record up to its step.
+record, so that a run resumed from it has every record up to its step. Every ``video_every``
+iterations (an evaluation point) and at the end it records one episode per task into
+``videos/step_<N>/<task>.mp4`` and the loggers (:mod:`mtrl_fair.loggers`: TensorBoard, and
+Weights & Biases with ``logger=wandb``).
 """
 
 from __future__ import annotations
@@ -23,9 +26,12 @@ from mtrl_fair.agents.checkpoint import save_checkpoint
 from mtrl_fair.agents.progress import ProgressBar
 from mtrl_fair.config import TrainConfig
 from mtrl_fair.envs import EvalResult
+from mtrl_fair.loggers import make_loggers
 from mtrl_fair.run_dir import CHECKPOINT_DIR, find_checkpoints, truncate_metrics
 
-__all__ = ["RunMonitor", "restore_rng_state", "rng_state"]
+__all__ = ["VIDEO_DIR", "RunMonitor", "restore_rng_state", "rng_state"]
+
+VIDEO_DIR = "videos"
 
 
 def rng_state(env: Any) -> dict[str, Any]:
@@ -57,16 +63,19 @@ class RunMonitor:
         start_iteration: int,
         resolved_config: dict[str, Any],
     ) -> None:
-        from torch.utils.tensorboard import SummaryWriter
-
         self.cfg = cfg
         self.run_dir = run_dir
         self.task_names = task_names
         self.resolved_config = resolved_config
         num_tasks = len(task_names)
-        # TensorBoard drops any event after start_iteration left by a killed run (purge_step),
-        # including those of an attempt killed before its first checkpoint (start_iteration 0).
-        self.writer = SummaryWriter(str(run_dir), purge_step=start_iteration)
+        self.loggers = make_loggers(
+            cfg.logger,
+            run_dir,
+            purge_step=start_iteration,
+            config=resolved_config,
+            wandb_project=cfg.wandb_project,
+            wandb_entity=cfg.wandb_entity,
+        )
         self.metrics_path = run_dir / "metrics.jsonl"
         truncate_metrics(self.metrics_path, start_iteration)
         # Training-episode statistics: success = info["success"] was 1 at any step of the episode.
@@ -80,6 +89,7 @@ class RunMonitor:
         self.env: Any = None
         self.final_result: EvalResult | None = None
         self.eval_env: Any = None
+        self.video_env: Any = None
 
     # The callback ----------------------------------------------------------------------------------
     def __call__(self, agent: MTSAC, step: StepResult) -> bool:
@@ -94,6 +104,8 @@ class RunMonitor:
             values.update(self.finish(agent))
         elif cfg.eval_every and iteration % cfg.eval_every == 0:
             values.update(self.eval_values(self.evaluate(agent, cfg.eval_episodes)))
+            if cfg.video_every and iteration % cfg.video_every == 0:
+                self.record_videos(agent)
         if values:
             self.write(iteration, agent.num_timesteps, values)
         # The checkpoint comes after this step's record: a run resumed from it has every record up
@@ -179,8 +191,7 @@ class RunMonitor:
         return values
 
     def write(self, iteration: int, env_steps: int, values: dict[str, float]) -> None:
-        for key, value in values.items():
-            self.writer.add_scalar(key, value, iteration)
+        self.loggers.log_scalars(values, iteration)
         record = {"step": iteration, "env_steps": env_steps, "time": time.time(), **values}
         with self.metrics_path.open("a") as handle:
             handle.write(json.dumps(record) + "\n")
@@ -194,7 +205,7 @@ class RunMonitor:
             "rng": rng_state(self.env),
         }
         path = save_checkpoint(state, self.run_dir / CHECKPOINT_DIR / f"step_{agent.iteration:09d}.pt")
-        self.writer.flush()
+        self.loggers.flush()
         # Older checkpoints are removed only once the new one is safely on disk.
         for old in find_checkpoints(self.run_dir)[: -self.cfg.keep_checkpoints]:
             old.unlink(missing_ok=True)
@@ -228,10 +239,38 @@ class RunMonitor:
         return result
 
     def finish(self, agent: MTSAC) -> dict[str, float]:
-        """The last checkpoint, then the final evaluation (Meta-World's protocol); its values."""
+        """The last checkpoint, then the final evaluation (Meta-World's protocol) and videos; its values."""
         self.checkpoint(agent)
         self.final_result = self.evaluate(agent, self.cfg.final_eval_episodes)
+        if self.cfg.video_every:
+            self.record_videos(agent)
         return self.eval_values(self.final_result)
+
+    def record_videos(self, agent: MTSAC) -> None:
+        """One episode per task into ``videos/step_<N>/<task>.mp4``, and to the loggers as ``videos/<task>``.
+
+        The episodes are as long as the training's (``benchmark.max_episode_steps``); the clips are
+        encoded by ffmpeg while they render, so the loop waits for the rendering alone.
+        """
+        from mtrl_fair.envs import make_vector_env
+        from mtrl_fair.envs.video import record_videos
+
+        if self._progress is not None:
+            self._progress.note("recording videos")
+        if self.video_env is None:  # built once, like the evaluation env
+            self.video_env = make_vector_env(
+                self.cfg.benchmark.name,
+                self.task_names,
+                seed=self.cfg.seed + 20_000,
+                max_episode_steps=self.cfg.benchmark.max_episode_steps,
+                render_size=self.cfg.video_size,
+                camera=self.cfg.video_camera,
+            )
+        out_dir = self.run_dir / VIDEO_DIR / f"step_{agent.iteration:09d}"
+        for task, video in record_videos(agent, self.video_env, out_dir, preview=True).items():
+            self.loggers.log_video(f"videos/{task}", video, agent.iteration)
+        if self._progress is not None:
+            self._progress.note("")
 
     def eval_values(self, result: EvalResult) -> dict[str, float]:
         values = {"charts/eval_success_rate": result.mean_success, "charts/eval_return": result.mean_return}
@@ -241,8 +280,9 @@ class RunMonitor:
         return values
 
     def close(self) -> None:
-        if self.eval_env is not None:
-            self.eval_env.close()
+        for env in (self.eval_env, self.video_env):
+            if env is not None:
+                env.close()
         if self._progress is not None:
             self._progress.close()
-        self.writer.close()
+        self.loggers.close()
