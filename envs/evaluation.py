@@ -127,6 +127,19 @@ def _progress_bar(
         yield count
 
 
+@contextlib.contextmanager
+def _fraction_bar(show: bool, description: str) -> Iterator[Callable[[float], None]]:
+    """A callback taking the fraction done into a rich bar if ``show``."""
+    if not show:
+        yield lambda fraction: None
+        return
+    from rich.progress import Progress
+
+    with Progress() as progress:
+        bar = progress.add_task(description, total=1.0)
+        yield lambda fraction: progress.update(bar, completed=fraction)
+
+
 def evaluate(
     policy: PredictPolicy,
     benchmark: str = "MT10",
@@ -201,9 +214,9 @@ def evaluate(
             benchmark, task_names, seed=seed, render_size=video_size, camera=video_camera
         )
         try:
-            with _progress_bar(progress, "recording videos", len(task_names), int(video_episodes)) as count:
+            with _fraction_bar(progress, "recording videos") as update:
                 videos = record_videos(
-                    policy, video_env, video_dir, episodes=int(video_episodes), on_episodes_finished=count
+                    policy, video_env, video_dir, episodes=int(video_episodes), on_progress=update
                 )
         finally:
             video_env.close()

@@ -235,7 +235,7 @@ def record_videos(
     episodes: int = 1,
     preview: bool = False,
     tasks: Sequence[str] | None = None,
-    on_episodes_finished: Callable[[np.ndarray], None] | None = None,
+    on_progress: Callable[[float], None] | None = None,
 ) -> dict[str, TaskVideo]:
     """Play ``episodes`` episodes per task with the deterministic policy; write ``<out_dir>/<task>.mp4``.
 
@@ -243,8 +243,9 @@ def record_videos(
     ``render_size``; it is left open. The backend is prepared first
     (:func:`~mtrl_fair.envs.rendering.prepare_rendering`).
     Each sub-env is stepped on its own, so one whose clip is done waits for the others unstepped.
-    ``on_episodes_finished`` gets a mask of the sub-envs that just finished an episode (for a
-    progress bar). Returns each task's :class:`TaskVideo`, in sub-env order.
+    ``on_progress`` gets the fraction of the recording done after every step (an episode that
+    ends early counts in full), for a progress bar. Returns each task's :class:`TaskVideo`, in
+    sub-env order.
     """
     if isinstance(episodes, bool) or not isinstance(episodes, (int, np.integer)) or episodes < 1:
         raise ValueError(f"video episodes must be an integer >= 1, got {episodes!r}")
@@ -259,6 +260,8 @@ def record_videos(
     sub_envs = list(env.envs)
     fps = float(sub_envs[0].unwrapped.metadata.get("render_fps", 30))
     renderers = [FrameRenderer(sub_env, software=software) for sub_env in sub_envs]
+    # Each sub-env's time limit (its TimeLimit wrapper's), the unit of the progress reported.
+    limits = np.array([sub_env.get_wrapper_attr("_max_episode_steps") for sub_env in sub_envs], dtype=float)
     clips: list[_Clip] = []
     try:
         for task in task_names:
@@ -279,14 +282,18 @@ def record_videos(
                 clips[k].add(renderers[k].frame(), success=episode.success_step is not None)
                 if terminated or truncated or episode.ended_after_success():
                     clips[k].episodes.append(episode.outcome())
-                    if on_episodes_finished is not None:
-                        on_episodes_finished(np.arange(len(sub_envs)) == k)
                     if len(clips[k].episodes) == episodes:
                         active[k] = False
                         continue
                     observations[k] = sub_env.reset()[0]
                     running[k] = _Episode()
                     clips[k].add(renderers[k].frame(), success=False)
+            if on_progress is not None:
+                done = [
+                    len(clip.episodes) + (episode.steps / limits[k] if active[k] else 0.0)
+                    for k, (clip, episode) in enumerate(zip(clips, running, strict=True))
+                ]
+                on_progress(float(np.mean(done)) / episodes)
         return {clip.task: clip.finish() for clip in clips}
     except BaseException:
         for clip in clips:

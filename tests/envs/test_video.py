@@ -83,11 +83,13 @@ def test_the_outcome_is_in_the_file_the_table_and_the_json(expert_videos: tuple[
 def test_a_policy_that_never_succeeds_plays_to_the_time_limit(tmp_path: Path) -> None:
     env = make_vector_env("MT10", ["reach-v3"], seed=0, max_episode_steps=12, render_size=32)
     try:
-        videos = record_videos(ZeroActions(), env, tmp_path, preview=True)
+        fractions: list[float] = []
+        videos = record_videos(ZeroActions(), env, tmp_path, preview=True, on_progress=fractions.append)
     finally:
         env.close()
     video = videos["reach-v3"]
     assert video.describe() == "no success in 12 steps"
+    assert fractions == pytest.approx([step / 12 for step in range(1, 13)])
     frames = read_frames(tmp_path / "reach-v3.mp4")
     assert len(frames) == 13
     assert not any(has_border(frame, SUCCESS_COLOUR) for frame in frames)
