@@ -140,9 +140,9 @@ def _open_and_free_context(backend: str) -> None:
     if backend == "egl":
         from mujoco.egl import GLContext
     elif backend == "osmesa":
-        from mujoco.osmesa import GLContext  # type: ignore[no-redef]
+        from mujoco.osmesa import GLContext
     else:
-        from mujoco.glfw import GLContext  # type: ignore[no-redef]
+        from mujoco.glfw import GLContext
     context = GLContext(1, 1)
     context.make_current()
     context.free()

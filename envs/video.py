@@ -212,7 +212,9 @@ class _Episode:
     """The running episode of one sub-env."""
 
     def __init__(self) -> None:
-        self.steps, self.episode_return, self.success_step = 0, 0.0, None
+        self.steps = 0
+        self.episode_return = 0.0
+        self.success_step: int | None = None
 
     def step(self, reward: float, success: bool) -> None:
         self.steps += 1
