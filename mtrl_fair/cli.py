@@ -268,6 +268,7 @@ def _remove_hydra_files(run_dir: Path) -> None:
 # eval
 # ----------------------------------------------------------------------------------------------------
 
+
 def _boolean(value: str) -> bool:
     if value.lower() in ("true", "1", "yes"):
         return True
@@ -311,7 +312,7 @@ def _parse_eval_args(args: list[str]) -> tuple[Path, dict[str, Any]]:
 
 def _eval(args: list[str]) -> int:
     from mtrl_fair.agents import MTSAC, CheckpointError, load_checkpoint
-    from mtrl_fair.monitor import VIDEO_DIR
+    from mtrl_fair.monitor import VIDEO_DIR, one_torch_thread
     from mtrl_fair.run_dir import latest_checkpoint
 
     try:
@@ -346,19 +347,20 @@ def _eval(args: list[str]) -> int:
         f"evaluating {checkpoint} (iteration {agent.iteration}) on {benchmark}, {options['episodes']} episodes per task"
     )
     try:
-        result = evaluate(
-            agent,
-            benchmark=benchmark,
-            episodes=options["episodes"],
-            seed=options["seed"],
-            tasks=agent.task_names,
-            vector_strategy=options["vector_strategy"],
-            progress=True,
-            video_dir=video_dir if options["video"] else None,
-            video_episodes=options["video_episodes"],
-            video_size=options["video_size"],
-            video_camera=options["video_camera"],
-        )
+        with one_torch_thread():
+            result = evaluate(
+                agent,
+                benchmark=benchmark,
+                episodes=options["episodes"],
+                seed=options["seed"],
+                tasks=agent.task_names,
+                vector_strategy=options["vector_strategy"],
+                progress=True,
+                video_dir=video_dir if options["video"] else None,
+                video_episodes=options["video_episodes"],
+                video_size=options["video_size"],
+                video_camera=options["video_camera"],
+            )
     except (ValueError, RenderingError) as error:
         _error(str(error))
         return 2
@@ -384,7 +386,9 @@ def _eval(args: list[str]) -> int:
     png_path = Path(f"{out_prefix}.png")
     json_path.write_text(json.dumps(record, indent=2) + "\n")
     md_path.write_text(result.to_markdown())
-    _plot_eval(result.per_task, run_dir / "metrics.jsonl", png_path, f"{benchmark}, iteration {agent.iteration}")
+    _plot_eval(
+        result.per_task, run_dir / "metrics.jsonl", png_path, f"{benchmark}, iteration {agent.iteration}"
+    )
     console.print(f"wrote {json_path}, {md_path} and {png_path}")
     if result.videos:
         console.print(f"videos: {video_dir}/<task>.mp4")
