@@ -16,8 +16,9 @@ no library; :func:`import_mujoco` turns that failure into the same one line.
 Gymnasium gives every sub-env its own OpenGL context but makes a context current only when it is
 created, so a vector env's sub-envs would all draw into the last one's; the renderer makes its own
 context current before each frame. On OSMesa (a software renderer) it turns off what costs most for
-what is hard to see at video sizes: shadows, reflections and 4× multisampling. On one core a
-240×240 frame then takes about 21 ms instead of 275 ms; a 64×64 one 9 ms instead of 150 ms.
+what is hard to see at video sizes: shadows, reflections and 4× multisampling. On a 2-core CPU a
+240×240 frame then takes 11.5 ms instead of 135 ms, a 64×64 one 6.9 ms instead of 109 ms
+(``scripts/bench_rendering.py``).
 """
 
 from __future__ import annotations

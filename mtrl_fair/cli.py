@@ -386,9 +386,8 @@ def _eval(args: list[str]) -> int:
     png_path = Path(f"{out_prefix}.png")
     json_path.write_text(json.dumps(record, indent=2) + "\n")
     md_path.write_text(result.to_markdown())
-    _plot_eval(
-        result.per_task, run_dir / "metrics.jsonl", png_path, f"{benchmark}, iteration {agent.iteration}"
-    )
+    title = f"{benchmark}, iteration {agent.iteration}, {result.episodes} episodes per task"
+    _plot_eval(result.per_task, run_dir / "metrics.jsonl", png_path, title)
     console.print(f"wrote {json_path}, {md_path} and {png_path}")
     if result.videos:
         console.print(f"videos: {video_dir}/<task>.mp4")
@@ -401,7 +400,7 @@ def _plot_eval(per_task: dict[str, float], metrics_path: Path, png_path: Path, t
     from mtrl_fair.report.runs import task_eval_curves
 
     curves = task_eval_curves(metrics_path, list(per_task))
-    plot_task_success(per_task, png_path, title=f"{title}: {len(per_task)} tasks", curves=curves)
+    plot_task_success(per_task, png_path, title=title, curves=curves)
 
 
 def _infer_benchmark(task_names: list[str]) -> str:
