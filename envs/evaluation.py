@@ -13,6 +13,7 @@ rendering env built from the same seed, recorded as one clip per task
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -64,9 +65,13 @@ class EvalResult:
             ),
         }
 
-    def to_markdown(self) -> str:
+    def to_markdown(self, relative_to: str | Path | None = None) -> str:
         """A per-task table (success in %, mean return; the video's outcome and file when recorded)
-        with the benchmark's mean as the last row."""
+        with the benchmark's mean as the last row.
+
+        ``relative_to``: the folder the table is written to, so that the links to the videos are
+        relative to it; otherwise they are the videos' paths as recorded.
+        """
         video = " video |" if self.videos else ""
         lines = [
             f"{self.benchmark}, seed {self.seed}, {self.episodes} episodes per task",
@@ -78,7 +83,11 @@ class EvalResult:
             row = f"| {task} | {100 * success:.1f} | {np.mean(self.returns[task]):.1f} |"
             if self.videos:
                 clip = self.videos.get(task)
-                row += f" [{clip.describe()}]({clip.path.name}) |" if clip else " - |"
+                if clip is None:
+                    row += " - |"
+                else:
+                    link = clip.path if relative_to is None else Path(os.path.relpath(clip.path, relative_to))
+                    row += f" [{clip.describe()}]({link.as_posix()}) |"
             lines.append(row)
         mean_row = f"| **mean** | **{100 * self.mean_success:.1f}** | **{self.mean_return:.1f}** |"
         lines.append(mean_row + (" |" if self.videos else ""))

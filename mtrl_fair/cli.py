@@ -385,7 +385,7 @@ def _eval(args: list[str]) -> int:
     json_path, md_path = Path(f"{out_prefix}.json"), Path(f"{out_prefix}.md")
     png_path = Path(f"{out_prefix}.png")
     json_path.write_text(json.dumps(record, indent=2) + "\n")
-    md_path.write_text(result.to_markdown())
+    md_path.write_text(result.to_markdown(relative_to=md_path.parent))
     title = f"{benchmark}, iteration {agent.iteration}, {result.episodes} episodes per task"
     _plot_eval(result.per_task, run_dir / "metrics.jsonl", png_path, title)
     console.print(f"wrote {json_path}, {md_path} and {png_path}")

@@ -108,7 +108,7 @@ def test_eval_with_videos_and_its_picture(video_run: tuple[Path, Path]) -> None:
         else f"no success in {outcome['steps']} steps"
     )
     assert described in done.stdout  # the table's video column
-    assert f"[{described}](reach-v3.mp4)" in (run_dir / "eval.md").read_text()
+    assert f"[{described}](videos/reach-v3.mp4)" in (run_dir / "eval.md").read_text()
     png = run_dir / "eval.png"
     assert f"{png}" in done.stdout.replace("\n", "")
     assert f"videos: {run_dir / 'videos'}" in done.stdout.replace("\n", "")

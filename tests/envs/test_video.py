@@ -74,7 +74,8 @@ def test_the_outcome_is_in_the_file_the_table_and_the_json(expert_videos: tuple[
     assert reach.describe() == described
     tags = mp4_tags(video_dir / "reach-v3.mp4")
     assert (tags["title"], tags["comment"]) == ("reach-v3", described)
-    assert f"| [{described}](reach-v3.mp4) |" in result.to_markdown()
+    assert f"| [{described}]({video_dir / 'reach-v3.mp4'}) |" in result.to_markdown()
+    assert f"| [{described}](reach-v3.mp4) |" in result.to_markdown(relative_to=video_dir)
     saved = json.loads(json.dumps(result.to_dict()))["videos"]["reach-v3"]
     assert saved["path"] == str(video_dir / "reach-v3.mp4")
     assert [e["success_step"] for e in saved["episodes"]] == [e.success_step for e in reach.episodes]
