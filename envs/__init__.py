@@ -7,10 +7,17 @@
 - :func:`evaluate` runs Meta-World's evaluation protocol on any policy with stable-baselines3's
   ``predict`` and returns an :class:`EvalResult`.
 
+- :func:`~mtrl_fair.envs.video.record_videos` records a policy's episodes as one MP4 per task;
+  :mod:`~mtrl_fair.envs.rendering` picks and checks the OpenGL backend that draws them.
+
 Envs know nothing of agents: this package imports gymnasium and metaworld, never torch.
 """
 
-from .benchmarks import (
+from .rendering import RenderingError, import_mujoco
+
+import_mujoco()  # before Meta-World imports it: a missing OpenGL library is one line, not a traceback
+
+from .benchmarks import (  # noqa: E402
     BENCHMARKS,
     benchmark_tasks,
     final_observations,
@@ -19,11 +26,12 @@ from .benchmarks import (
     resolve_vector_strategy,
     vector_env_task_names,
 )
-from .evaluation import EvalResult, evaluate
+from .evaluation import EvalResult, evaluate  # noqa: E402
 
 __all__ = [
     "BENCHMARKS",
     "EvalResult",
+    "RenderingError",
     "benchmark_tasks",
     "evaluate",
     "final_observations",

@@ -31,6 +31,7 @@ import numpy as np
 from metaworld import env_dict  # importing metaworld registers its "Meta-World/..." gymnasium ids
 
 from .hardware import available_cores, gpu_driver_present
+from .rendering import check_camera
 
 BENCHMARKS: tuple[str, ...] = ("MT10", "MT50")
 VECTOR_STRATEGIES: tuple[str, ...] = ("auto", "sync", "async")
@@ -119,6 +120,8 @@ def make_vector_env(
     seed: int = 0,
     vector_strategy: str = "auto",
     max_episode_steps: int = MAX_EPISODE_STEPS,
+    render_size: int | None = None,
+    camera: str = "corner3",
 ) -> MetaWorldVectorEnv:
     """A vector env with one sub-env per task, observations ``(K, 39 + K)``, actions ``(K, 4)``.
 
@@ -131,11 +134,20 @@ def make_vector_env(
     ``vector_strategy``: ``sync`` (all sub-envs in this process), ``async`` (one process each) or
     ``auto`` (async where a GPU is present and there are cores for it, see
     :func:`resolve_vector_strategy`).
+
+    ``render_size`` makes every sub-env render ``render_size``-pixel square RGB frames from
+    ``camera`` (one of :data:`~mtrl_fair.envs.rendering.CAMERAS`); call
+    :func:`~mtrl_fair.envs.rendering.prepare_rendering` first.
     """
     canonical = _canonical_benchmark(benchmark)
     task_names = resolve_tasks(canonical, tasks)
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise ValueError(f"seed must be an integer >= 0, got {seed!r}")
+    if render_size is not None:
+        # Frames are drawn in this process's OpenGL contexts (see rendering.FrameRenderer).
+        if vector_strategy == "async":
+            raise ValueError("an env that renders frames steps in this process: use vector_strategy=sync")
+        vector_strategy = "sync"
     vector_strategy, _ = resolve_vector_strategy(vector_strategy)
     if (
         isinstance(max_episode_steps, bool)
@@ -152,6 +164,14 @@ def make_vector_env(
         "max_episode_steps": int(max_episode_steps),
         "autoreset_mode": gym.vector.AutoresetMode.SAME_STEP,
     }
+    if render_size is not None:
+        check_camera(camera)
+        common.update(
+            render_mode="rgb_array",
+            camera_name=None if camera == "free" else camera,
+            width=int(render_size),
+            height=int(render_size),
+        )
     with warnings.catch_warnings():
         # Meta-World declares float64 observation bounds; gymnasium warns each time it casts them to
         # the float32 observations the vector env returns. The cast is harmless, the noise is not.

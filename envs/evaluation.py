@@ -4,28 +4,30 @@ The protocol (Meta-World's own ``metaworld.evaluation.evaluation``, which does t
 ``episodes`` episodes of every task, ending an episode as soon as the task is solved; an episode is a
 success if ``info["success"]`` ever reaches 1. A task's success rate is its fraction of successful
 episodes, and the benchmark's score is the mean over tasks.
+
+With ``video_dir``, the policy then plays ``video_episodes`` more episodes of every task in a
+rendering env built from the same seed, recorded as one clip per task
+(:func:`~mtrl_fair.envs.video.record_videos`); their outcomes are in :attr:`EvalResult.videos`.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
-from typing import Any, Protocol
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 from metaworld.evaluation import evaluation as metaworld_evaluation
 
 from .benchmarks import MetaWorldVectorEnv, make_vector_env, resolve_tasks, vector_env_task_names
+from .policy import ACTION_SIZE, PredictPolicy, check_policy, deterministic_actions
+from .rendering import check_camera, prepare_rendering
+from .video import TaskVideo, check_video_size, record_videos
 
-ACTION_SIZE = 4
-"""Meta-World's action: 3 end-effector deltas and the gripper effort."""
-
-
-class PredictPolicy(Protocol):
-    """What :func:`evaluate` needs from a policy: stable-baselines3's ``predict``."""
-
-    def predict(self, observation: np.ndarray, *, deterministic: bool = ...) -> tuple[Any, Any]: ...
+__all__ = ["ACTION_SIZE", "EvalResult", "PredictPolicy", "evaluate"]
 
 
 @dataclass(frozen=True)
@@ -38,6 +40,8 @@ class EvalResult:
     episodes: int
     benchmark: str
     seed: int
+    videos: dict[str, TaskVideo] = field(default_factory=dict)
+    """Each task's clip and the outcome of its episodes, when the evaluation recorded videos."""
 
     @property
     def mean_return(self) -> float:
@@ -54,19 +58,39 @@ class EvalResult:
             "mean_return": self.mean_return,
             "per_task": dict(self.per_task),
             "returns": {task: list(task_returns) for task, task_returns in self.returns.items()},
+            **(
+                {"videos": {task: video.to_dict() for task, video in self.videos.items()}}
+                if self.videos
+                else {}
+            ),
         }
 
-    def to_markdown(self) -> str:
-        """A per-task table (success in %, mean return) with the benchmark's mean as the last row."""
+    def to_markdown(self, relative_to: str | Path | None = None) -> str:
+        """A per-task table (success in %, mean return; the video's outcome and file when recorded)
+        with the benchmark's mean as the last row.
+
+        ``relative_to``: the folder the table is written to, so that the links to the videos are
+        relative to it; otherwise they are the videos' paths as recorded.
+        """
+        video = " video |" if self.videos else ""
         lines = [
             f"{self.benchmark}, seed {self.seed}, {self.episodes} episodes per task",
             "",
-            "| task | success (%) | mean return |",
-            "|---|---:|---:|",
+            "| task | success (%) | mean return |" + video,
+            "|---|---:|---:|" + ("---|" if self.videos else ""),
         ]
         for task, success in self.per_task.items():
-            lines.append(f"| {task} | {100 * success:.1f} | {np.mean(self.returns[task]):.1f} |")
-        lines.append(f"| **mean** | **{100 * self.mean_success:.1f}** | **{self.mean_return:.1f}** |")
+            row = f"| {task} | {100 * success:.1f} | {np.mean(self.returns[task]):.1f} |"
+            if self.videos:
+                clip = self.videos.get(task)
+                if clip is None:
+                    row += " - |"
+                else:
+                    link = clip.path if relative_to is None else Path(os.path.relpath(clip.path, relative_to))
+                    row += f" [{clip.describe()}]({link.as_posix()}) |"
+            lines.append(row)
+        mean_row = f"| **mean** | **{100 * self.mean_success:.1f}** | **{self.mean_return:.1f}** |"
+        lines.append(mean_row + (" |" if self.videos else ""))
         return "\n".join(lines)
 
 
@@ -83,12 +107,7 @@ class _PredictAgent:
         self._started = False
 
     def eval_action(self, observations: np.ndarray) -> np.ndarray:
-        actions, _ = self._policy.predict(observations, deterministic=True)
-        actions = np.asarray(actions)
-        expected = (observations.shape[0], ACTION_SIZE)
-        if actions.shape != expected:
-            raise ValueError(f"policy.predict returned actions of shape {actions.shape}, expected {expected}")
-        return actions
+        return deterministic_actions(self._policy, observations)
 
     def reset(self, env_mask: np.ndarray) -> None:
         if self._started:
@@ -117,6 +136,19 @@ def _progress_bar(
         yield count
 
 
+@contextlib.contextmanager
+def _fraction_bar(show: bool, description: str) -> Iterator[Callable[[float], None]]:
+    """A callback taking the fraction done into a rich bar if ``show``."""
+    if not show:
+        yield lambda fraction: None
+        return
+    from rich.progress import Progress
+
+    with Progress() as progress:
+        bar = progress.add_task(description, total=1.0)
+        yield lambda fraction: progress.update(bar, completed=fraction)
+
+
 def evaluate(
     policy: PredictPolicy,
     benchmark: str = "MT10",
@@ -127,6 +159,10 @@ def evaluate(
     vector_strategy: str = "sync",
     progress: bool = False,
     env: MetaWorldVectorEnv | None = None,
+    video_dir: str | Path | None = None,
+    video_episodes: int = 1,
+    video_size: int = 240,
+    video_camera: str = "corner3",
 ) -> EvalResult:
     """Success rate of ``policy`` on each task under Meta-World's protocol (``episodes`` per task).
 
@@ -137,16 +173,32 @@ def evaluate(
     ``env`` reuses an evaluation env built by :func:`make_vector_env` for the same tasks (building
     MT50 takes about a minute, which periodic evaluations should not pay every time). It is left
     open, and ``seed`` is then only recorded: the env's own random state picks the goals.
+
+    ``video_dir`` also records ``video_episodes`` episodes of every task as
+    ``<video_dir>/<task>.mp4``, ``video_size`` pixels square (a multiple of 16) from
+    ``video_camera`` (one of :data:`~mtrl_fair.envs.rendering.CAMERAS`), with the green border
+    from the first success on. The rendering backend is checked before the evaluation starts.
+
+    Raises:
+        ValueError: a bad argument.
+        RenderingError: ``video_dir`` is given but no OpenGL backend can render (the message names
+            the package to install).
     """
     if isinstance(episodes, bool) or not isinstance(episodes, (int, np.integer)) or episodes < 1:
         raise ValueError(f"episodes must be an integer >= 1, got {episodes!r}")
-    if not callable(getattr(policy, "predict", None)):
-        raise ValueError(
-            f"policy must have a callable predict(obs, deterministic=True), as stable-baselines3 models "
-            f"do; got {type(policy).__name__}"
-        )
+    check_policy(policy)
     task_names = resolve_tasks(benchmark, tasks)
     benchmark = benchmark.upper()
+    if video_dir is not None:
+        check_video_size(video_size)
+        check_camera(video_camera)
+        if (
+            isinstance(video_episodes, bool)
+            or not isinstance(video_episodes, (int, np.integer))
+            or video_episodes < 1
+        ):
+            raise ValueError(f"video_episodes must be an integer >= 1, got {video_episodes!r}")
+        prepare_rendering()  # a missing library fails now, not after the evaluation
     owned = env is None
     if env is None:
         env = make_vector_env(benchmark, task_names, seed=seed, vector_strategy=vector_strategy)
@@ -165,6 +217,18 @@ def evaluate(
     # Meta-World counts a task's successes over its first `episodes` episodes only (sub-envs keep
     # running until the slowest task is done), and keeps those episodes' returns: rates are in [0, 1].
     per_task = {task: float(success_by_task[task]) for task in task_names}
+    videos = {}
+    if video_dir is not None:
+        video_env = make_vector_env(
+            benchmark, task_names, seed=seed, render_size=video_size, camera=video_camera
+        )
+        try:
+            with _fraction_bar(progress, "recording videos") as update:
+                videos = record_videos(
+                    policy, video_env, video_dir, episodes=int(video_episodes), on_progress=update
+                )
+        finally:
+            video_env.close()
     return EvalResult(
         mean_success=float(np.mean(list(per_task.values()))),
         per_task=per_task,
@@ -172,4 +236,5 @@ def evaluate(
         episodes=int(episodes),
         benchmark=benchmark,
         seed=int(seed),
+        videos=videos,
     )

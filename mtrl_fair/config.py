@@ -67,6 +67,18 @@ class TrainConfig:
     lock_run_dir: bool = True
     """Hold the run directory's lock while training (:mod:`mtrl_fair.run_lock`); ``false`` only for a
     filesystem without file locks, where nothing then keeps two processes apart."""
+    video_every: int = 0
+    """Iterations between videos of one episode per task, made at evaluation points (a multiple of
+    ``eval_every``) and at the end, into ``videos/step_<N>/`` and the loggers; 0: none."""
+    video_size: int = 240
+    """Pixels a side of the videos (a multiple of 16)."""
+    video_camera: str = "corner3"
+    """A Meta-World camera: corner3, corner, corner2, corner4, topview, behindGripper, gripperPOV, free."""
+    logger: str = "tensorboard"
+    """``tensorboard``, or ``wandb``: Weights & Biases as well (``pip install -e ".[wandb]"``)."""
+    wandb_project: str = "mtrl-fair"
+    wandb_entity: str | None = None
+    """The wandb team or user; null: your default entity."""
 
 
 def register_schemas() -> None:
@@ -78,8 +90,9 @@ def validate_train_config(cfg: TrainConfig) -> list[str]:
     """Check every value before any environment starts; return the resolved task names."""
     from mtrl_fair.agents.device import resolve_device
     from mtrl_fair.combiners import make
-    from mtrl_fair.envs import resolve_tasks
+    from mtrl_fair.envs import RenderingError, resolve_tasks
     from mtrl_fair.envs.benchmarks import VECTOR_STRATEGIES
+    from mtrl_fair.loggers import check_logger
 
     try:
         tasks = resolve_tasks(cfg.benchmark.name, cfg.benchmark.tasks)
@@ -118,6 +131,27 @@ def validate_train_config(cfg: TrainConfig) -> list[str]:
         if cfg.eval_every < 0:
             raise ValueError(f"eval_every must be >= 0 (0: evaluate only at the end), got {cfg.eval_every}")
         resolve_device(cfg.device)
-    except ValueError as error:
+        check_logger(cfg.logger)
+        _check_videos(cfg)
+    except (ValueError, RenderingError) as error:
         raise ConfigError(str(error)) from None
     return tasks
+
+
+def _check_videos(cfg: TrainConfig) -> None:
+    """The video settings, and a working rendering backend when videos are asked for."""
+    from mtrl_fair.envs.rendering import check_camera, prepare_rendering
+    from mtrl_fair.envs.video import check_video_size
+
+    if cfg.video_every < 0:
+        raise ValueError(f"video_every must be >= 0 (0: no videos), got {cfg.video_every}")
+    if not cfg.video_every:
+        return
+    if not cfg.eval_every or cfg.video_every % cfg.eval_every:
+        raise ValueError(
+            f"video_every must be a multiple of eval_every ({cfg.eval_every}): videos are made at "
+            f"evaluation points; got {cfg.video_every}"
+        )
+    check_video_size(cfg.video_size)
+    check_camera(cfg.video_camera)
+    prepare_rendering()

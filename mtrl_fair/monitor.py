@@ -4,7 +4,10 @@
 ``log_every`` iterations it writes one record to ``metrics.jsonl`` and the same values to
 TensorBoard (grouped ``charts/``, ``losses/``, ``combiner/``); every ``eval_every`` iterations it
 runs an evaluation; every ``checkpoint_every`` iterations it writes a checkpoint, after that step's
-record, so that a run resumed from it has every record up to its step.
+record, so that a run resumed from it has every record up to its step. Every ``video_every``
+iterations (an evaluation point) and at the end it records one episode per task into
+``videos/step_<N>/<task>.mp4`` and the loggers (:mod:`mtrl_fair.loggers`: TensorBoard, and
+Weights & Biases with ``logger=wandb``).
 
 A write that fails because the disk is full raises :class:`~mtrl_fair.disk_full.DiskFullError`
 naming it, and leaves no partial file: a checkpoint is written atomically (and removed with its
@@ -16,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import time
 from collections import deque
 from collections.abc import Iterator
@@ -32,11 +34,29 @@ from mtrl_fair.agents.progress import ProgressBar
 from mtrl_fair.config import TrainConfig
 from mtrl_fair.disk_full import DiskFullError, quiet_disk_full_in_threads, writing
 from mtrl_fair.envs import EvalResult
+from mtrl_fair.loggers import RunLoggers, make_loggers
 from mtrl_fair.run_dir import CHECKPOINT_DIR, append_line, find_checkpoints, truncate_metrics
 
-__all__ = ["RunMonitor", "restore_rng_state", "rng_state"]
+__all__ = ["VIDEO_DIR", "RunMonitor", "one_torch_thread", "restore_rng_state", "rng_state"]
 
-EVENTS_FILES = "events.out.tfevents.*"
+VIDEO_DIR = "videos"
+
+
+@contextlib.contextmanager
+def one_torch_thread() -> Iterator[None]:
+    """Torch on one CPU thread for a while (then as before): while a policy is evaluated or filmed.
+
+    Between two ``predict`` calls torch's idle OpenMP workers spin, and take the cores that the
+    simulators, the software renderer and ffmpeg need; a ``predict`` on K rows gains nothing from
+    more threads. On 2 cores, 10 episodes of 3 tasks took 65 s with torch's 2 threads and 17 s with
+    one; a 240×240 clip 40 ms a frame and 17 ms.
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def rng_state(env: Any) -> dict[str, Any]:
@@ -79,21 +99,29 @@ class RunMonitor:
         self.last_checkpoint = resumed_from
         """The newest checkpoint on disk that this run can be resumed from, and its iteration."""
         num_tasks = len(task_names)
-        # The checkpoint of iteration N follows N's metrics record and TensorBoard events, so a run
+        # The checkpoint of iteration N follows N's metrics record and logged events, so a run
         # resumed from it keeps them and logs from N + 1 on. The last iteration's record comes after
         # its checkpoint (it holds the final evaluation): a run resumed there logs it again.
         last_kept = start_iteration if start_iteration < cfg.steps else start_iteration - 1
         self._quiet_threads = contextlib.ExitStack()
         self._quiet_threads.enter_context(quiet_disk_full_in_threads())
+        self.loggers: RunLoggers | None = None
         try:
-            self._open_events(last_kept + 1)
+            self.loggers = make_loggers(
+                cfg.logger,
+                run_dir,
+                purge_step=last_kept + 1,
+                config=resolved_config,
+                wandb_project=cfg.wandb_project,
+                wandb_entity=cfg.wandb_entity,
+            )
             self.metrics_path = run_dir / "metrics.jsonl"
             with writing("metrics", self.metrics_path):
                 truncate_metrics(self.metrics_path, last_kept)
         except BaseException:
-            if hasattr(self, "writer"):
-                with contextlib.suppress(OSError):
-                    self.writer.close()
+            if self.loggers is not None:
+                with contextlib.suppress(OSError, DiskFullError):
+                    self.loggers.close()
             self._quiet_threads.close()
             raise
         # Training-episode statistics: success = info["success"] was 1 at any step of the episode.
@@ -107,6 +135,7 @@ class RunMonitor:
         self.env: Any = None
         self.final_result: EvalResult | None = None
         self.eval_env: Any = None
+        self.video_env: Any = None
 
     # The callback ----------------------------------------------------------------------------------
     def __call__(self, agent: MTSAC, step: StepResult) -> bool:
@@ -121,6 +150,8 @@ class RunMonitor:
             values.update(self.finish(agent))
         elif cfg.eval_every and iteration % cfg.eval_every == 0:
             values.update(self.eval_values(self.evaluate(agent, cfg.eval_episodes)))
+            if cfg.video_every and iteration % cfg.video_every == 0:
+                self.record_videos(agent)
         if values:
             self.write(iteration, agent.num_timesteps, values)
         # The checkpoint comes after this step's record: a run resumed from it has every record up
@@ -206,57 +237,19 @@ class RunMonitor:
         return values
 
     def write(self, iteration: int, env_steps: int, values: dict[str, float]) -> None:
-        with self._tensorboard():
-            for key, value in values.items():
-                self.writer.add_scalar(key, value, iteration)
+        assert self.loggers is not None
+        self.loggers.log_scalars(values, iteration)
         record = {"step": iteration, "env_steps": env_steps, "time": time.time(), **values}
         with writing("metrics", self.metrics_path):
             append_line(self.metrics_path, json.dumps(record) + "\n")
-
-    # TensorBoard -------------------------------------------------------------------------------------
-    def _open_events(self, purge_step: int) -> None:
-        """A new TensorBoard file for this attempt; TensorBoard drops the events from ``purge_step`` on
-        in the earlier files (left by an attempt that was killed or stopped)."""
-        from torch.utils.tensorboard import SummaryWriter
-
-        before = set(self.run_dir.glob(EVENTS_FILES))
-        try:
-            with writing("TensorBoard events", self.run_dir):
-                self.writer = SummaryWriter(str(self.run_dir), purge_step=purge_step)
-                self.writer.flush()
-        except DiskFullError:
-            for new in set(self.run_dir.glob(EVENTS_FILES)) - before:  # holds no data yet
-                new.unlink(missing_ok=True)
-            raise
-        created = sorted(set(self.run_dir.glob(EVENTS_FILES)) - before)
-        self._events_path: Path | None = created[-1] if created else None
-        self._events_flushed = self._events_size()
-
-    def _events_size(self) -> int:
-        return self._events_path.stat().st_size if self._events_path is not None else 0
-
-    @contextlib.contextmanager
-    def _tensorboard(self) -> Iterator[None]:
-        """TensorBoard's writes: a full disk (met here, or in its writer thread before) cuts its file
-        back to the last flush, so that no partial event is left; the events after it are all newer
-        than the last checkpoint, and are logged again by a resumed run."""
-        try:
-            with writing("TensorBoard events", self._events_path or self.run_dir):
-                yield
-        except DiskFullError:
-            if self._events_path is not None:
-                with contextlib.suppress(OSError):
-                    os.truncate(self._events_path, self._events_flushed)
-            raise
 
     # Checkpoints -------------------------------------------------------------------------------------
     def checkpoint(self, agent: MTSAC) -> Path:
         if self.last_checkpoint is not None and self.last_checkpoint[1] == agent.iteration:
             return self.last_checkpoint[0]  # the run was resumed from this very state
         # Every event up to this iteration is on disk before its checkpoint exists.
-        with self._tensorboard():
-            self.writer.flush()
-        self._events_flushed = self._events_size()
+        assert self.loggers is not None
+        self.loggers.flush()
         state = agent.state_dict(include_replay_buffer=True)
         state["run"] = {
             "config": self.resolved_config,
@@ -293,24 +286,56 @@ class RunMonitor:
                 seed=self.cfg.seed + 10_000,
                 vector_strategy=self.cfg.benchmark.vector_strategy,
             )
-        result = evaluate(
-            agent,
-            benchmark=self.cfg.benchmark.name,
-            episodes=episodes,
-            seed=self.cfg.seed + 10_000,
-            tasks=self.task_names,
-            env=self.eval_env,
-        )
+        with one_torch_thread():
+            result = evaluate(
+                agent,
+                benchmark=self.cfg.benchmark.name,
+                episodes=episodes,
+                seed=self.cfg.seed + 10_000,
+                tasks=self.task_names,
+                env=self.eval_env,
+            )
         self.latest_eval_success = result.mean_success
         if self._progress is not None:
             self._progress.note("")
         return result
 
     def finish(self, agent: MTSAC) -> dict[str, float]:
-        """The last checkpoint, then the final evaluation (Meta-World's protocol); its values."""
+        """The last checkpoint, then the final evaluation (Meta-World's protocol) and videos; its values."""
         self.checkpoint(agent)
         self.final_result = self.evaluate(agent, self.cfg.final_eval_episodes)
+        if self.cfg.video_every:
+            self.record_videos(agent)
         return self.eval_values(self.final_result)
+
+    def record_videos(self, agent: MTSAC) -> None:
+        """One episode per task into ``videos/step_<N>/<task>.mp4``, and to the loggers as ``videos/<task>``.
+
+        The episodes are as long as the training's (``benchmark.max_episode_steps``); the clips are
+        encoded by ffmpeg while they render, so the loop waits for the rendering alone.
+        """
+        from mtrl_fair.envs import make_vector_env
+        from mtrl_fair.envs.video import record_videos
+
+        if self._progress is not None:
+            self._progress.note("recording videos")
+        if self.video_env is None:  # built once, like the evaluation env
+            self.video_env = make_vector_env(
+                self.cfg.benchmark.name,
+                self.task_names,
+                seed=self.cfg.seed + 20_000,
+                max_episode_steps=self.cfg.benchmark.max_episode_steps,
+                render_size=self.cfg.video_size,
+                camera=self.cfg.video_camera,
+            )
+        out_dir = self.run_dir / VIDEO_DIR / f"step_{agent.iteration:09d}"
+        with one_torch_thread(), writing("videos", out_dir):
+            videos = record_videos(agent, self.video_env, out_dir, preview=True)
+        assert self.loggers is not None
+        for task, video in videos.items():
+            self.loggers.log_video(f"videos/{task}", video, agent.iteration)
+        if self._progress is not None:
+            self._progress.note("")
 
     def eval_values(self, result: EvalResult) -> dict[str, float]:
         values = {"charts/eval_success_rate": result.mean_success, "charts/eval_return": result.mean_return}
@@ -323,18 +348,18 @@ class RunMonitor:
         """Close the envs and files. ``failed``: the run is already stopping with an error, the one to
         report, so a full disk met here again is not raised."""
         try:
-            if self.eval_env is not None:
-                self.eval_env.close()
+            for env in (self.eval_env, self.video_env):
+                if env is not None:
+                    env.close()
             if self._progress is not None:
                 self._progress.close()
+            assert self.loggers is not None
             try:
-                with self._tensorboard():
-                    self.writer.flush()  # raises a write that failed in the writer's thread since the last one
+                self.loggers.flush()  # raises a write that failed in a writer's thread since the last one
             except DiskFullError:
                 if not failed:
                     raise
             finally:
-                with contextlib.suppress(OSError):
-                    self.writer.close()
+                self.loggers.close()
         finally:
             self._quiet_threads.close()

@@ -11,6 +11,7 @@ import importlib.resources
 import inspect
 import itertools
 import re
+import sys
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -341,6 +342,12 @@ def default_config(compose_train: Compose) -> TrainConfig:
         ({"device": "cuda:x"}, r"unknown device 'cuda:x'; allowed: "),
         ({"agent.combine": ["critic", "temperature"]}, r"shared_temperature"),
         ({"agent.chunk_size": 0}, r"agent\.chunk_size must be >= 1 or null"),
+        ({"video_every": -1}, r"video_every must be >= 0 \(0: no videos\)"),
+        ({"video_every": 150000}, r"video_every must be a multiple of eval_every \(100000\)"),
+        ({"video_every": 100000, "eval_every": 0}, r"video_every must be a multiple of eval_every \(0\)"),
+        ({"video_every": 100000, "video_size": 100}, r"video size must be a multiple of 16"),
+        ({"video_every": 100000, "video_camera": "side"}, r"unknown camera 'side'; allowed: corner3, "),
+        ({"logger": "mlflow"}, r"unknown logger 'mlflow'; allowed: tensorboard, wandb"),
     ],
 )
 def test_more_validation_errors(default_config: TrainConfig, changes: dict[str, Any], expected: str) -> None:
@@ -358,6 +365,28 @@ def test_more_validation_errors(default_config: TrainConfig, changes: dict[str, 
     assert re.search(expected, str(info.value)), str(info.value)
     # The default config itself is valid: the edit is what failed.
     validate_train_config(default_config)
+
+
+def test_video_settings_are_checked_only_when_videos_are_on(default_config: TrainConfig) -> None:
+    config = copy.deepcopy(default_config)
+    config.video_size, config.video_camera = 100, "side"
+    validate_train_config(config)
+    config.video_every, config.video_size, config.video_camera = 200_000, 64, "topview"
+    validate_train_config(config)
+
+
+def test_a_missing_wandb_is_one_line_saying_how_to_install_it(
+    default_config: TrainConfig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = copy.deepcopy(default_config)
+    config.logger = "wandb"
+    monkeypatch.setitem(sys.modules, "wandb", None)  # import wandb now raises ImportError
+    with pytest.raises(ConfigError) as info:
+        validate_train_config(config)
+    assert str(info.value) == (
+        'logger=wandb needs Weights & Biases, which is not installed: pip install -e ".[wandb]" '
+        '(or pip install "mtrl-fair[wandb]")'
+    )
 
 
 def test_config_error_is_a_value_error() -> None:

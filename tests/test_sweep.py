@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from test_cli import TASKS, cli, metric_steps
 
-from mtrl_fair.cli import _sweep_dirname_override, _sweep_jobs
+from mtrl_fair.train_command import _sweep_dirname_override, _sweep_jobs
 
 # 2 combiners × 2 seeds on a 2-task subset, tiny networks; each job checkpoints a few times.
 STEPS = 200

@@ -154,3 +154,47 @@ def plot_alpha(group: Group, colours: Mapping[str, Any], path: Path) -> None:
     panels[0].set_ylabel("success (%)")
     panels[0].legend(fontsize="small")
     fig.savefig(path, dpi=130)
+
+
+def plot_task_success(
+    per_task: Mapping[str, float],
+    path: Path,
+    *,
+    title: str = "",
+    curves: Mapping[str, tuple[FloatArray, FloatArray]] | None = None,
+) -> None:
+    """One run's evaluation: a bar of success per task (the mean as a dashed line) and, given
+    ``curves`` (``{task: (iterations, success)}``, e.g. from :func:`task_eval_curves`), each task's
+    success along training beside it."""
+    tasks = list(per_task)
+    colours = method_colours(tasks)
+    panels = 2 if curves else 1
+    fig = _new_figure(max(6.0, 0.45 * len(tasks) + 3.0) + (6.0 if curves else 0.0), 4.5)
+    axes = fig.subplots(1, panels, squeeze=False)[0]
+    bars = axes[0]
+    x = np.arange(len(tasks), dtype=np.float64)
+    values = np.array([per_task[task] for task in tasks], dtype=np.float64) * 100
+    bars.bar(x, values, 0.7, color=[colours[task] for task in tasks])
+    mean = float(values.mean())
+    bars.axhline(mean, color="0.3", linestyle="--", linewidth=1, label=f"mean {mean:.1f}%")
+    for xi, value in zip(x, values, strict=True):
+        bars.text(xi, value + 1.5, f"{value:.0f}", ha="center", fontsize="x-small")
+    bars.set_xticks(x, tasks, rotation=45, ha="right", fontsize="small")
+    bars.set_ylabel("success (%)")
+    bars.set_ylim(0, 108)
+    bars.grid(axis="y", alpha=0.3)
+    bars.legend(fontsize="small", loc="upper right")
+    bars.set_title(title or "success per task", fontsize="medium")
+    if curves:
+        lines = axes[1]
+        for task in tasks:
+            if task in curves:
+                steps, success = curves[task]
+                lines.plot(steps, success * 100, marker="o", markersize=3, color=colours[task], label=task)
+        lines.set_xlabel("training iterations")
+        lines.set_ylabel("evaluation success (%)")
+        lines.set_ylim(-2, 102)
+        lines.grid(alpha=0.3)
+        lines.set_title("during training", fontsize="medium")
+        lines.legend(fontsize="x-small", loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    fig.savefig(path, dpi=110)

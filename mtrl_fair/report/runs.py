@@ -125,6 +125,28 @@ def parse_metrics_lines(lines: Iterable[str]) -> list[dict[str, Any]]:
     return [by_step[s] for s in sorted(by_step)]
 
 
+def task_eval_curves(metrics_path: str | Path, tasks: Sequence[str]) -> dict[str, tuple[FloatArray, FloatArray]]:
+    """Each task's evaluation success at every evaluation in ``metrics.jsonl``: ``(iterations, success)``.
+
+    Tasks never evaluated are left out; a missing or unreadable file gives no curve.
+    """
+    try:
+        records = parse_metrics_lines(Path(metrics_path).read_text().splitlines())
+    except OSError:
+        return {}
+    curves = {}
+    for task in tasks:
+        points = [
+            (record["step"], _number(record[EVAL_TASK_PREFIX + task]))
+            for record in records
+            if EVAL_TASK_PREFIX + task in record
+        ]
+        if points:
+            steps, success = zip(*points, strict=True)
+            curves[task] = (np.array(steps, dtype=np.float64), np.array(success, dtype=np.float64))
+    return curves
+
+
 def _read_config(path: Path) -> dict[str, Any]:
     from omegaconf import OmegaConf
 

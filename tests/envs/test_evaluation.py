@@ -8,40 +8,13 @@ import sys
 
 import numpy as np
 import pytest
-from metaworld.policies import SawyerDrawerCloseV3Policy, SawyerReachV3Policy
-from metaworld.policies.policy import Policy
+from scripted_policies import EXPERT_TASKS, ScriptedExperts, ZeroActions
 
 import mtrl_fair
 from mtrl_fair.envs import EvalResult, evaluate
 
-OBS_SIZE = 39
-EXPERT_TASKS = ["reach-v3", "drawer-close-v3"]
-EXPERTS: dict[str, type[Policy]] = {
-    "reach-v3": SawyerReachV3Policy,
-    "drawer-close-v3": SawyerDrawerCloseV3Policy,
-}
-
 # Meta-World's scripted policies ask for large moves, which the env clips; they warn about it.
 pytestmark = pytest.mark.filterwarnings(r"ignore:Constant\(s\) may be too high")
-
-
-class ScriptedExperts:
-    """Meta-World's scripted expert of each row's task, chosen by the one-hot id; SB3's predict."""
-
-    def __init__(self, tasks: list[str]) -> None:
-        self.experts = [EXPERTS[task]() for task in tasks]
-
-    def predict(self, obs: np.ndarray, deterministic: bool = True) -> tuple[np.ndarray, None]:
-        actions = [
-            self.experts[int(np.argmax(row[OBS_SIZE:]))].get_action(row[:OBS_SIZE].astype(np.float64))
-            for row in obs
-        ]
-        return np.stack(actions), None
-
-
-class ZeroActions:
-    def predict(self, obs: np.ndarray, deterministic: bool = True) -> tuple[np.ndarray, None]:
-        return np.zeros((obs.shape[0], 4), dtype=np.float32), None
 
 
 @pytest.fixture(scope="module")
