@@ -65,6 +65,12 @@ class TrainConfig:
     resume: bool = False
     progress: bool = True
     lock_run_dir: bool = True
+    pack: bool = False
+    """In a sweep (``-m``), train the runs that differ only in ``seed`` (and ``combiner.alpha``) in
+    one process, one batched update (:mod:`mtrl_fair.packing`)."""
+    pack_runs: list[str] = field(default_factory=list)
+    """The runs of a pack, each as its own overrides (``"combiner.alpha=2 seed=0"``); the packing of
+    a sweep fills it, and given alone it trains those runs, each in a directory of ``hydra.run.dir``."""
     """Hold the run directory's lock while training (:mod:`mtrl_fair.run_lock`); ``false`` only for a
     filesystem without file locks, where nothing then keeps two processes apart."""
     video_every: int = 0
@@ -131,11 +137,29 @@ def validate_train_config(cfg: TrainConfig) -> list[str]:
         if cfg.eval_every < 0:
             raise ValueError(f"eval_every must be >= 0 (0: evaluate only at the end), got {cfg.eval_every}")
         resolve_device(cfg.device)
+        if cfg.pack or cfg.pack_runs:
+            _check_pack(cfg, name)
         check_logger(cfg.logger)
         _check_videos(cfg)
     except (ValueError, RenderingError) as error:
         raise ConfigError(str(error)) from None
     return tasks
+
+
+def _check_pack(cfg: TrainConfig, combiner: str) -> None:
+    """A pack's combiner can be batched per run, and its runs differ only in what may differ."""
+    from mtrl_fair.agents.packed import PACKABLE_COMBINERS
+    from mtrl_fair.packing import run_overrides
+
+    if combiner not in PACKABLE_COMBINERS:
+        raise ValueError(
+            f"combiner {combiner!r} cannot be packed (its solve is stateful or a loop); packable "
+            f"combiners: {', '.join(PACKABLE_COMBINERS)}; drop pack=true to train its runs one by one"
+        )
+    for run in cfg.pack_runs:
+        run_overrides(run)
+    if len(set(cfg.pack_runs)) != len(cfg.pack_runs):
+        raise ValueError(f"pack_runs lists a run twice: {list(cfg.pack_runs)}")
 
 
 def _check_videos(cfg: TrainConfig) -> None:

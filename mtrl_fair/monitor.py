@@ -59,20 +59,32 @@ def one_torch_thread() -> Iterator[None]:
         torch.set_num_threads(threads)
 
 
-def rng_state(env: Any) -> dict[str, Any]:
+def rng_state(env: Any, generator: torch.Generator | None = None) -> dict[str, Any]:
     """The random streams a run draws from: torch's (noise, sampling) and the env's action space
-    (warm-up actions). Meta-World's goal sampling lives in the simulators, which restart anyway."""
-    return {
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        "action_space": env.action_space.np_random.bit_generator.state,
-    }
+    (warm-up actions). Meta-World's goal sampling lives in the simulators, which restart anyway.
+
+    A run of a pack draws from its own ``generator`` instead of torch's default one; it is saved in
+    the default one's place, so that the run resumes the same alone or packed.
+    """
+    cpu = torch.get_rng_state()
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []
+    if generator is not None and generator.device.type == "cpu":
+        cpu = generator.get_state()
+    elif generator is not None:
+        cuda[generator.device.index or 0] = generator.get_state()
+    return {"torch": cpu, "cuda": cuda, "action_space": env.action_space.np_random.bit_generator.state}
 
 
-def restore_rng_state(state: dict[str, Any], env: Any) -> None:
-    torch.set_rng_state(state["torch"])
-    if state["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+def restore_rng_state(state: dict[str, Any], env: Any, generator: torch.Generator | None = None) -> None:
+    """Put back what :func:`rng_state` saved (into ``generator`` for a run of a pack)."""
+    if generator is None:
+        torch.set_rng_state(state["torch"])
+        if state["cuda"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda"])
+    elif generator.device.type == "cpu":
+        generator.set_state(state["torch"])
+    elif state["cuda"]:
+        generator.set_state(state["cuda"][generator.device.index or 0])
     env.action_space.np_random.bit_generator.state = state["action_space"]
 
 
@@ -254,7 +266,7 @@ class RunMonitor:
         state["run"] = {
             "config": self.resolved_config,
             "benchmark": self.cfg.benchmark.name,
-            "rng": rng_state(self.env),
+            "rng": rng_state(self.env, getattr(agent, "generator", None)),
         }
         path = self.run_dir / CHECKPOINT_DIR / f"step_{agent.iteration:09d}.pt"
         try:

@@ -12,7 +12,7 @@ import torch
 from mtrl_fair.agents import MTSAC
 from mtrl_fair.config import TrainConfig
 
-__all__ = ["checkpoint_bytes", "replay_buffer_bytes", "resource_warnings"]
+__all__ = ["checkpoint_bytes", "replay_buffer_bytes", "resource_warnings", "tensor_bytes"]
 
 
 # Meta-World's observation: 39 state values, then the one-hot task id.
@@ -28,16 +28,17 @@ def replay_buffer_bytes(num_tasks: int, capacity_per_task: int, action_dim: int 
 def checkpoint_bytes(agent: MTSAC) -> int:
     """Bytes of a checkpoint of ``agent`` once its replay buffer is full: every tensor it saves."""
     buffer = sum(t.numel() * t.element_size() for t in agent.replay_buffer.storage.values())
-    return buffer + _tensor_bytes(agent.state_dict(include_replay_buffer=False))
+    return buffer + tensor_bytes(agent.state_dict(include_replay_buffer=False))
 
 
-def _tensor_bytes(value: Any) -> int:
+def tensor_bytes(value: Any) -> int:
+    """Bytes of every tensor in ``value`` (nested dicts, lists and tuples)."""
     if isinstance(value, torch.Tensor):
         return value.numel() * value.element_size()
     if isinstance(value, dict):
-        return sum(_tensor_bytes(v) for v in value.values())
+        return sum(tensor_bytes(v) for v in value.values())
     if isinstance(value, (list, tuple)):
-        return sum(_tensor_bytes(v) for v in value)
+        return sum(tensor_bytes(v) for v in value)
     return 0
 
 

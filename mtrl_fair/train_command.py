@@ -13,6 +13,7 @@ from typing import Any
 
 from mtrl_fair.console import EXIT_BAD_INPUT, EXIT_DISK_FULL, EXIT_NON_FINITE, EXIT_RUN_DIR_BUSY
 from mtrl_fair.console import error as print_error
+from mtrl_fair.packing import PackingError, pack_overrides
 
 __all__ = ["train_command"]
 
@@ -48,6 +49,7 @@ def train_command(overrides: list[str]) -> int:
         from mtrl_fair.agents import NonFiniteUpdateError
         from mtrl_fair.config import validate_train_config
         from mtrl_fair.disk_full import DiskFullError
+        from mtrl_fair.packed_training import run_packed_training
         from mtrl_fair.run_dir import holds_run
         from mtrl_fair.run_lock import LockUnavailable, RunDirBusy, hold_run_dir
         from mtrl_fair.training import run_training
@@ -55,10 +57,10 @@ def train_command(overrides: list[str]) -> int:
         run_dir = Path(HydraConfig.get().runtime.output_dir)
         in_sweep = HydraConfig.get().mode == RunMode.MULTIRUN
         fresh = not (run_dir / "config.yaml").exists()
-        print(f"run directory: {run_dir}", flush=True)
         try:
             train_cfg: TrainConfig = OmegaConf.to_object(cfg)  # type: ignore[assignment]
             validate_train_config(train_cfg)
+            plans = _pack_plans(train_cfg, run_dir, in_sweep) if train_cfg.pack_runs else []
         except ConfigError as error:
             print_error(str(error))
             if fresh:
@@ -67,16 +69,28 @@ def train_command(overrides: list[str]) -> int:
                 raise
             exit_code = EXIT_BAD_INPUT
             return
+        for plan in plans:
+            print(f"run directory: {plan.run_dir}", flush=True)
+        if not plans:
+            print(f"run directory: {run_dir}", flush=True)
         try:
-            # The lock comes before any write: a second process on a held run writes nothing there.
-            with hold_run_dir(run_dir, enabled=train_cfg.lock_run_dir):
-                # A sweep job always continues its own directory: a retried, preempted or
-                # re-launched job resumes from its last checkpoint, and a finished one is skipped.
-                if in_sweep and holds_run(run_dir):
-                    train_cfg.resume = True
-                summary = run_training(
-                    train_cfg, run_dir, before_writing=lambda: _write_hydra_record(run_dir, cfg)
+            if plans:
+                summaries = run_packed_training(
+                    train_cfg,
+                    plans,
+                    in_sweep=in_sweep,
+                    before_writing=lambda member_dir: _write_hydra_record(member_dir, cfg),
                 )
+            else:
+                # The lock comes before any write: a second process on a held run writes nothing there.
+                with hold_run_dir(run_dir, enabled=train_cfg.lock_run_dir):
+                    # A sweep job always continues its own directory: a retried, preempted or
+                    # re-launched job resumes from its last checkpoint, and a finished one is skipped.
+                    if in_sweep and holds_run(run_dir):
+                        train_cfg.resume = True
+                    summaries = [
+                        run_training(train_cfg, run_dir, before_writing=lambda: _write_hydra_record(run_dir, cfg))
+                    ]
         except RunDirBusy as busy:
             if in_sweep:  # the job is running elsewhere: not a failure of this sweep
                 print(f"skipped: {busy}", flush=True)
@@ -110,16 +124,50 @@ def train_command(overrides: list[str]) -> int:
                 raise
             exit_code = EXIT_DISK_FULL
             return
-        if summary:
-            print(
-                f"mean success rate: {summary['mean_success']:.3f}  (per task: {run_dir / 'final_eval.md'})"
-            )
+        for summary in summaries:
+            if summary:
+                final_md = Path(summary.get("run_dir", run_dir)) / "final_eval.md"
+                print(f"mean success rate: {summary['mean_success']:.3f}  (per task: {final_md})")
 
-    if any(arg in ("-m", "--multirun") for arg in overrides):
+    multirun = any(arg in ("-m", "--multirun") for arg in overrides)
+    if _packs(overrides):
+        if not multirun:
+            print_error("pack=true packs the runs of a sweep: add -m, e.g. mtrl-fair train -m seed=0,1,2,3 pack=true")
+            return EXIT_BAD_INPUT
+        try:
+            overrides = pack_overrides(overrides)
+        except PackingError as error:
+            print_error(str(error))
+            return EXIT_BAD_INPUT
+    if multirun:
         overrides = [*overrides, *_sweep_dirname_override(overrides)]
     sys.argv = ["mtrl-fair train", *overrides]
     train_app()
     return exit_code
+
+
+def _packs(overrides: list[str]) -> bool:
+    """Whether the command asks for packing (``pack=true``)."""
+    return any(o.replace(" ", "").lower() in ("pack=true", "pack=yes", "pack=1") for o in overrides)
+
+
+def _pack_plans(cfg: Any, output_dir: Path, in_sweep: bool) -> list[Any]:
+    """The runs of this job's pack, in the directories an unpacked sweep gives them (in a sweep: its
+    directory; alone: ``hydra.run.dir``)."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from mtrl_fair.packed_training import plan_runs
+
+    hydra_cfg = HydraConfig.get()
+    naming = hydra_cfg.job.config.override_dirname
+    if not in_sweep:
+        return plan_runs(cfg, output_dir, item_sep=naming.item_sep, kv_sep=naming.kv_sep)
+    excluded = set(naming.exclude_keys)
+    task = list(hydra_cfg.overrides.task)
+    parsed = OverridesParser.create().parse_overrides(task)
+    job_lines = [line for line, o in zip(task, parsed, strict=True) if o.key_or_group not in excluded]
+    return plan_runs(cfg, Path(hydra_cfg.sweep.dir), job_lines, item_sep=naming.item_sep, kv_sep=naming.kv_sep)
 
 
 def _precheck(overrides: list[str]) -> str | None:
@@ -200,6 +248,8 @@ _NOT_IN_RUN_NAME = (
     "checkpoint_every",
     "keep_checkpoints",
     "lock_run_dir",
+    "pack",
+    "pack_runs",
     "video_every",
     "video_size",
     "video_camera",

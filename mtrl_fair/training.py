@@ -32,6 +32,7 @@ from omegaconf import OmegaConf
 from mtrl_fair.agents import MTSAC, MTSACConfig, resolve_device
 from mtrl_fair.config import TrainConfig, validate_train_config
 from mtrl_fair.disk_full import DiskFullError, writing
+from mtrl_fair.envs import EvalResult
 from mtrl_fair.monitor import RunMonitor, restore_rng_state
 from mtrl_fair.resources import checkpoint_bytes, resource_warnings
 from mtrl_fair.run_dir import (
@@ -44,7 +45,7 @@ from mtrl_fair.run_dir import (
 from mtrl_fair.run_lock import hold_run_dir
 from mtrl_fair.run_settings import resolve_run_settings
 
-__all__ = ["run_training"]
+__all__ = ["make_env", "run_training", "write_config", "write_final_eval"]
 
 
 def run_training(
@@ -113,9 +114,8 @@ def _run_holding_the_lock(
         torch.set_num_threads(int(cfg.torch_threads))
         for warning in resource_warnings(cfg, len(task_names), resolve_device(cfg.device), run_dir):
             echo(f"warning: {warning}")
-        with writing("the config", run_dir / "config.yaml"):
-            write_text_atomically(run_dir / "config.yaml", OmegaConf.to_yaml(resolved))
-        env = _make_env(cfg, task_names)
+        write_config(run_dir, resolved)
+        env = make_env(cfg, task_names)
         try:
             agent = _build_agent(cfg, env, task_names)
             if saved is not None:
@@ -147,10 +147,7 @@ def _run_holding_the_lock(
         # 4. The last iteration saved a checkpoint and evaluated the final agent.
         result = monitor.final_result
         assert result is not None
-        summary = {**result.to_dict(), "step": agent.iteration, "run_dir": str(run_dir)}
-        with writing("the final evaluation", run_dir / "final_eval.json"):
-            write_text_atomically(run_dir / "final_eval.md", result.to_markdown())
-            write_text_atomically(run_dir / "final_eval.json", json.dumps(summary, indent=2) + "\n")
+        summary = write_final_eval(run_dir, result, agent.iteration)
     except DiskFullError as error:
         error.resumable = monitor.last_checkpoint if monitor is not None else resumed_from
         if agent is not None:
@@ -159,13 +156,29 @@ def _run_holding_the_lock(
     return summary
 
 
-def _make_env(cfg: TrainConfig, task_names: list[str]) -> Any:
+def write_config(run_dir: Path, resolved: dict[str, Any]) -> None:
+    """``config.yaml``: the run's resolved config, replaced atomically."""
+    with writing("the config", run_dir / "config.yaml"):
+        write_text_atomically(run_dir / "config.yaml", OmegaConf.to_yaml(resolved))
+
+
+def write_final_eval(run_dir: Path, result: EvalResult, iteration: int) -> dict[str, Any]:
+    """``final_eval.json`` and ``final_eval.md``, replaced atomically; the JSON's contents."""
+    summary = {**result.to_dict(), "step": iteration, "run_dir": str(run_dir)}
+    with writing("the final evaluation", run_dir / "final_eval.json"):
+        write_text_atomically(run_dir / "final_eval.md", result.to_markdown())
+        write_text_atomically(run_dir / "final_eval.json", json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+def make_env(cfg: TrainConfig, task_names: list[str], seed: int | None = None) -> Any:
+    """The run's training env (``seed`` in place of ``cfg.seed``, for a run of a pack)."""
     from mtrl_fair.envs import make_vector_env
 
     return make_vector_env(
         cfg.benchmark.name,
         task_names,
-        seed=cfg.seed,
+        seed=cfg.seed if seed is None else seed,
         vector_strategy=cfg.benchmark.vector_strategy,
         max_episode_steps=cfg.benchmark.max_episode_steps,
     )

@@ -12,7 +12,7 @@ set -u
 cd "$(dirname "$0")/.."
 out="${1:-docs/results}"
 logs="$out/gpu_checks_logs"
-steps="${STEPS:-tests cli_mt10 throughput throughput_mt50 combiners env_floor faults}"
+steps="${STEPS:-tests cli_mt10 throughput throughput_mt50 combiners env_floor faults pack}"
 # tf32: MT10 throughput with agent.matmul_precision=high beside highest; tf32_learning: the easy
 # subset learned with highest and high side by side (about 5 minutes more); solve: the solvers alone.
 OPTIONAL_STEPS="tf32 tf32_learning solve"
@@ -69,6 +69,8 @@ run throughput_mt50 python scripts/bench_throughput.py --device cuda --benchmark
 run combiners python scripts/bench_combiners.py --device cuda --repeats 20 --budget 3 --what backward --vmap \
     --methods mean fairgrad --json "$out/bench-combiners-cuda.json"
 run env_floor python scripts/bench_env_floor.py --lean-info --json "$out/env_floor_gpu_machine.json"
+run pack python scripts/bench_pack.py --pack 4 --device cuda --benchmark MT10 --iterations 300 --warmup 60 \
+    --json "$out/pack_cuda.json"
 run tf32 python scripts/bench_throughput.py --device cuda --combiners mean fairgrad --defaults --no-sb3 --no-paper \
     --matmul-precision high --json "$out/throughput_cuda_tf32.json"
 run tf32_learning tf32_learning

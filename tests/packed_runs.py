@@ -1,9 +1,8 @@
 """Runs trained in a pack and alone, side by side, for tests/agents/test_packed.py.
 
-``python tests/packed_runs.py`` prints, as JSON, the largest differences between each run of small
-packs and the same run trained alone (weights, optimizer moments, rewards, update statistics). The
-test runs it with ``ATEN_CPU_CAPABILITY=default`` too, where torch's CPU kernels compute every
-element with the same code whatever the tensor's size.
+``python tests/packed_runs.py [ITERATIONS]`` prints, as JSON, the largest differences between each
+run of small packs and the same run trained alone (weights, optimizer moments, replay buffer,
+rewards, update statistics).
 """
 
 from __future__ import annotations
