@@ -25,9 +25,10 @@ from torch import Tensor, nn
 from mtrl_fair.agents.config import MTSACConfig
 from mtrl_fair.agents.numerics import SkipCounter
 from mtrl_fair.agents.sac_update import SACUpdate
-from mtrl_fair.combined_grad import CombinedGradient, combine_rows, grad_buffer, set_grad
+from mtrl_fair.combined_grad import CombinedGradient, combine_rows, grad_buffer
 from mtrl_fair.combiners import Combiner
 from mtrl_fair.combiners.mean import Mean
+from mtrl_fair.jacobian import backward_per_task_func
 from mtrl_fair.layer_jacobian import layer_plan, layer_task_gradients
 
 __all__ = ["PackedSACUpdate"]
@@ -113,14 +114,9 @@ class PackedSACUpdate(SACUpdate):
         tensors = list(params.values())
         if not diagnostics and all(isinstance(c, Mean) for c in combiners):
             # The mean of each run's task losses; one backward pass for the pack (runs are independent).
-            losses, aux = with_aux()
-            grads = torch.autograd.grad(losses.mean(dim=-1).sum(), tensors, allow_unused=True)
-            with torch.no_grad():
-                for param, grad in zip(tensors, grads, strict=True):
-                    set_grad(param, torch.zeros_like(param) if grad is None else grad)
-            num_tasks = losses.shape[-1]
-            weights = losses.new_full(losses.shape, 1.0 / num_tasks).detach()
-            return CombinedGradient(losses.detach(), weights), aux
+            return backward_per_task_func(
+                loss_fn, params, task_batch, combiners[0], has_aux=True, batched_loss=with_aux
+            )
         plan = layer_plan(module, params)
         if plan is None:
             raise ValueError(f"the packed {group} has parameters outside its packed layers")

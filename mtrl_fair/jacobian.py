@@ -339,7 +339,8 @@ def backward_per_task_func(
             ``(K,)`` losses, with ``has_aux`` also the aux) for the whole ``(K, B, ...)`` batch,
             computed with the modules themselves. The ``mean`` shortcut uses it instead of
             ``vmap`` and ``functional_call``, whose Python overhead is most of a small update's
-            time on a GPU.
+            time on a GPU; there it may also return ``(..., K)`` losses, whose leading dims are
+            independent runs (a pack), each given its own mean.
 
     With the ``mean`` combiner, no ``diagnostics`` and every parameter shared, the per-task
     gradients are never formed: the gradient of the mean of the task losses is the same direction,
@@ -402,12 +403,12 @@ def _backward_mean(
     losses, aux = value if has_aux else (value, None)
     tensors = list(params.values())
     # Only these tensors are differentiated (not, e.g., the critic that an actor loss reads), and
-    # their .grad is overwritten, as on the per-task path.
-    grads = torch.autograd.grad(losses.mean(), tensors, allow_unused=True)
+    # their .grad is overwritten, as on the per-task path. Leading dims of the (..., K) losses are
+    # independent runs (a pack): each run's mean, summed, gives every run its own mean gradient.
+    grads = torch.autograd.grad(losses.mean(dim=-1).sum(), tensors, allow_unused=True)
     with torch.no_grad():
         for param, grad in zip(tensors, grads, strict=True):
             set_grad(param, torch.zeros_like(param) if grad is None else grad)
-    num_tasks = losses.shape[0]
-    combined = CombinedGradient(losses.detach(), losses.new_full((num_tasks,), 1.0 / num_tasks).detach())
+    num_tasks = losses.shape[-1]
+    combined = CombinedGradient(losses.detach(), losses.new_full(losses.shape, 1.0 / num_tasks).detach())
     return (combined, aux) if has_aux else combined
-
