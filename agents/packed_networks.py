@@ -19,6 +19,7 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Mapping, Sequence
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -158,6 +159,15 @@ def pack_modules(
     return actor, critic
 
 
+def _actor_linears(actor: PackedActor) -> Sequence[PackedLinear]:
+    # A ModuleList's items are typed as nn.Module; these are the PackedActor's own layers.
+    return cast("Sequence[PackedLinear]", actor.layers)
+
+
+def _critic_linears(critic: PackedCritic) -> Sequence[PackedEnsembleLinear]:
+    return cast("Sequence[PackedEnsembleLinear]", critic.layers)
+
+
 def _actor_layers(actor_state: Mapping[str, Tensor]) -> list[str]:
     """The solo actor's linear layers by state-dict prefix (``net.0``, ``net.2``, ...), in order."""
     return sorted({key.rsplit(".", 1)[0] for key in actor_state}, key=lambda prefix: int(prefix.split(".")[1]))
@@ -167,12 +177,12 @@ def _actor_layers(actor_state: Mapping[str, Tensor]) -> list[str]:
 def member_state_dict(actor: PackedActor, critic: PackedCritic, run: int) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
     """Run ``run``'s weights as the state dicts of a solo :class:`Actor` and :class:`TwinCritic`."""
     actor_state = {}
-    for index, layer in enumerate(actor.layers):
+    for index, layer in enumerate(_actor_linears(actor)):
         actor_state[f"net.{2 * index}.weight"] = layer.weight[run].clone()
         actor_state[f"net.{2 * index}.bias"] = layer.bias[run].clone()
     twins = slice(2 * run, 2 * run + 2)
     critic_state = {}
-    for index, layer in enumerate(critic.layers):
+    for index, layer in enumerate(_critic_linears(critic)):
         critic_state[f"layers.{index}.weight"] = layer.weight[twins].clone()
         critic_state[f"layers.{index}.bias"] = layer.bias[twins].clone()
     return actor_state, critic_state
@@ -190,10 +200,10 @@ def load_member_state_dict(
     prefixes = _actor_layers(actor_state)
     if len(prefixes) != len(actor.layers) or len(critic_state) != 2 * len(critic.layers):
         raise ValueError("the saved networks do not have the pack's layers (agent.hidden_sizes differ)")
-    for layer, prefix in zip(actor.layers, prefixes, strict=True):
+    for layer, prefix in zip(_actor_linears(actor), prefixes, strict=True):
         layer.weight[run].copy_(actor_state[f"{prefix}.weight"])
         layer.bias[run].copy_(actor_state[f"{prefix}.bias"])
     twins = slice(2 * run, 2 * run + 2)
-    for index, layer in enumerate(critic.layers):
+    for index, layer in enumerate(_critic_linears(critic)):
         layer.weight[twins].copy_(critic_state[f"layers.{index}.weight"])
         layer.bias[twins].copy_(critic_state[f"layers.{index}.bias"])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from typing import Any
 
 __all__ = ["ProgressBar"]
 
@@ -53,7 +54,8 @@ class ProgressBar:
 
     def _redraw(self, now: float, status: str | None) -> None:
         rate = (self._iteration - self._start_iteration) / max(now - self._start, 1e-9)
-        fields: dict[str, str] = {"rate": f"{rate:,.1f} it/s"}
+        # Any: mypy checks a dict[str, str] unpacked here against Progress.update's named parameters.
+        fields: dict[str, Any] = {"rate": f"{rate:,.1f} it/s"}
         if status is not None:
             fields["status"] = status
         self._bar.update(self._task, completed=self._iteration, **fields)

@@ -16,7 +16,7 @@ recorded as a CUDA graph (:mod:`~mtrl_fair.agents.cuda_graph`).
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
@@ -136,7 +136,9 @@ class SACUpdate:
             batched_loss=batched_loss,
             module=module,
         )
-        return result if has_aux else (result, None)
+        if has_aux:
+            return cast("tuple[CombinedGradient, Any]", result)
+        return cast(CombinedGradient, result), None
 
     def draw_noise(self, shape: tuple[int, ...], device: torch.device) -> Tensor:
         """Standard normal noise ``(2, *shape)``: the next actions' (target) and the actions' (actor loss)."""
@@ -169,7 +171,7 @@ class SACUpdate:
         )
 
         # Critic.
-        critic_params = dict(self.critic.named_parameters())
+        critic_params: dict[str, Tensor] = dict(self.critic.named_parameters())
         critic_batch = (obs, action, target)
 
         def critic_loss_fn(params: dict[str, Tensor] | None, task: tuple[Tensor, ...]) -> Tensor:
@@ -192,7 +194,7 @@ class SACUpdate:
                 self.combiners["critic"].after_step(critic_losses(self.critic, critic_params, *critic_batch))
 
         # Actor: the critic is held fixed (detached parameters) while the actor moves.
-        actor_params = dict(self.actor.named_parameters())
+        actor_params: dict[str, Tensor] = dict(self.actor.named_parameters())
         frozen_critic = {name: p.detach() for name, p in critic_params.items()}
         actor_batch = (obs, noise[1], alpha)
 

@@ -307,6 +307,23 @@ def backward_per_task_func(
 ) -> tuple[CombinedGradient, Any]: ...
 
 
+@overload
+def backward_per_task_func(
+    loss_fn: Callable[[dict[str, Tensor], Any], Any],
+    params: Mapping[str, Tensor],
+    task_batch: Any,
+    combiner: Combiner,
+    *,
+    shared_names: Collection[str] | None = None,
+    diagnostics: bool = False,
+    chunk_size: int | None = None,
+    randomness: Randomness = "different",
+    has_aux: bool,
+    batched_loss: Callable[[], Any] | None = None,
+    module: nn.Module | None = None,
+) -> CombinedGradient | tuple[CombinedGradient, Any]: ...
+
+
 def backward_per_task_func(
     loss_fn: Callable[[dict[str, Tensor], Any], Any],
     params: Mapping[str, Tensor],
